@@ -1,0 +1,204 @@
+"""What the rest of the library may ask of a base model (habit 1: a small protocol).
+
+A *single-modality* base (AudioLDM, VideoCrafter2, the toy MLP, ...) subclasses
+:class:`DiffusionBase` and implements one hook, ``model_output(x_t, t, emb)``: the raw network
+output, whatever it predicts. :meth:`DiffusionBase.predict_noise` batches classifier-free
+guidance into one forward and converts eps / x0 / v / flow-velocity outputs to eps.
+
+The sampler, the loss and the guidance only see a *joint noise model*: ``schedules`` (one
+:class:`~mmdisco.schedule.NoiseSchedule` per modality) and ``predict_noise(xs, t, conds)``
+on dicts keyed by modality. :class:`IndependentBases` builds one from two single-modality
+bases; a joint base such as MM-Diffusion implements the same two members directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from mmdisco.schedule import NoiseSchedule, expand_as
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow")
+
+
+# -- conditions ----------------------------------------------------------------------------
+def tree_cat(items: list[Any]) -> Any:
+    """Concatenate tensors (or dicts / tuples of tensors) along the batch dimension."""
+    first = items[0]
+    if first is None:
+        return None
+    if isinstance(first, Tensor):
+        return torch.cat(items, dim=0)
+    if isinstance(first, Mapping):
+        return {k: tree_cat([it[k] for it in items]) for k in first}
+    if isinstance(first, (tuple, list)):
+        return type(first)(tree_cat(list(z)) for z in zip(*items))
+    raise TypeError(f"cannot batch condition of type {type(first).__name__}")
+
+
+def tree_select(tree: Any, mask: Tensor, other: Any) -> Any:
+    """Per sample: ``tree`` where mask is True, ``other`` elsewhere (prompt dropout)."""
+    if tree is None:
+        return None
+    if isinstance(tree, Tensor):
+        return torch.where(expand_as(mask, tree).bool(), tree, other.expand_as(tree))
+    if isinstance(tree, Mapping):
+        return {k: tree_select(tree[k], mask, other[k]) for k in tree}
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(tree_select(a, mask, b) for a, b in zip(tree, other))
+    raise TypeError(f"cannot select condition of type {type(tree).__name__}")
+
+
+@dataclass
+class Condition:
+    """A text (or other) condition for one modality, in the model's own embedding format.
+
+    ``cond`` and ``uncond`` are batched like the samples (or have batch 1 and broadcast in
+    ``predict_noise``); ``guidance_scale`` w gives eps_u + w * (eps_c - eps_u).
+    ``pooled`` / ``pooled_uncond`` are the (B, D) mean-pooled embeddings the discriminator uses.
+    """
+
+    cond: Any
+    uncond: Any = None
+    guidance_scale: float = 1.0
+    pooled: Tensor | None = None
+    pooled_uncond: Tensor | None = None
+
+    @property
+    def uses_cfg(self) -> bool:
+        return self.uncond is not None and self.guidance_scale != 1.0
+
+    def with_scale(self, guidance_scale: float) -> Condition:
+        return replace(self, guidance_scale=guidance_scale)
+
+
+# -- single-modality bases -----------------------------------------------------------------
+class DiffusionBase(nn.Module):
+    """A frozen single-modality diffusion model seen as a noise predictor.
+
+    Subclasses set ``self.schedule`` and ``self.prediction_type`` and implement
+    :meth:`model_output`; codecs (:meth:`encode`, :meth:`decode`, :meth:`encode_prompt`) are
+    optional and raise when the model has none.
+    """
+
+    schedule: NoiseSchedule
+    prediction_type: str = "epsilon"
+
+    def model_output(self, x_t: Tensor, t: Tensor, emb: Any) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def sample_shape(self, batch_size: int) -> tuple[int, ...]:  # pragma: no cover
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict_noise(self, x_t: Tensor, t: Tensor, cond: Condition | None = None) -> Tensor:
+        """eps(x_t, t, c), with classifier-free guidance batched into one forward."""
+        t = _as_batch_steps(t, x_t)
+        if cond is None or not cond.uses_cfg:
+            emb = None if cond is None else _broadcast_batch(cond.cond, x_t.shape[0])
+            out = self.model_output(x_t, t, emb)
+            return self.to_eps(out, x_t, t)
+        b = x_t.shape[0]
+        emb = tree_cat([_broadcast_batch(cond.uncond, b), _broadcast_batch(cond.cond, b)])
+        out = self.model_output(torch.cat([x_t, x_t]), torch.cat([t, t]), emb)
+        eps_u, eps_c = self.to_eps(out, torch.cat([x_t, x_t]), torch.cat([t, t])).chunk(2)
+        return eps_u + cond.guidance_scale * (eps_c - eps_u)
+
+    def to_eps(self, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """Convert the network output to eps, for any (alpha_t, sigma_t) schedule."""
+        kind = self.prediction_type
+        if kind == "epsilon":
+            return out
+        alpha, sigma = (expand_as(c.to(x_t.device), x_t) for c in self.schedule.coefficients(t))
+        if kind == "sample":  # x_t = alpha x0 + sigma eps
+            return (x_t - alpha * out) / sigma
+        if kind == "v_prediction":  # v = alpha eps - sigma x0
+            return (sigma * x_t + alpha * out) / (alpha**2 + sigma**2)
+        if kind == "flow":  # u = eps - x0
+            return (x_t + alpha * out) / (alpha + sigma)
+        raise ValueError(f"prediction_type {kind!r} is not one of {PREDICTION_TYPES}")
+
+    def encode(self, media: Any) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no encoder: it works in data space")
+
+    def decode(self, latents: Tensor) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} has no decoder: it works in data space")
+
+    def encode_prompt(self, prompts: list[str]) -> Condition:
+        raise NotImplementedError(f"{type(self).__name__} is not text-conditional")
+
+
+def _as_batch_steps(t: Tensor | int, x: Tensor) -> Tensor:
+    t = torch.as_tensor(t, device=x.device, dtype=torch.long)
+    return t.expand(x.shape[0]) if t.ndim == 0 else t
+
+
+def _broadcast_batch(tree: Any, batch: int) -> Any:
+    if tree is None:
+        return None
+    if isinstance(tree, Tensor):
+        return tree.expand(batch, *tree.shape[1:]) if tree.shape[0] == 1 else tree
+    if isinstance(tree, Mapping):
+        return {k: _broadcast_batch(v, batch) for k, v in tree.items()}
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_broadcast_batch(v, batch) for v in tree)
+    return tree
+
+
+# -- the joint view --------------------------------------------------------------------------
+@runtime_checkable
+class JointNoiseModel(Protocol):
+    """What the sampler and the loss consume: per-modality schedules and noise predictions."""
+
+    schedules: dict[str, NoiseSchedule]
+
+    def predict_noise(
+        self, xs: dict[str, Tensor], t: Tensor, conds: dict[str, Condition | None] | None = None
+    ) -> dict[str, Tensor]: ...
+
+
+class IndependentBases(nn.Module):
+    """Two (or more) single-modality bases side by side: the "no joint" model.
+
+    The same instance may serve several modalities (the paper's toy uses one 1-D model for
+    both coordinates).
+    """
+
+    def __init__(self, **bases: DiffusionBase):
+        super().__init__()
+        if not bases:
+            raise ValueError("IndependentBases needs at least one modality, e.g. audio=..., video=...")
+        self.names = tuple(bases)
+        self.bases = nn.ModuleDict(bases)
+
+    @property
+    def schedules(self) -> dict[str, NoiseSchedule]:
+        return {m: self.bases[m].schedule for m in self.names}
+
+    def __getitem__(self, name: str) -> DiffusionBase:
+        return self.bases[name]
+
+    def sample_shapes(self, batch_size: int) -> dict[str, tuple[int, ...]]:
+        return {m: self.bases[m].sample_shape(batch_size) for m in self.names}
+
+    @torch.no_grad()
+    def predict_noise(self, xs, t, conds=None):
+        conds = conds or {}
+        if self._shared_unconditional(xs, conds):  # one base for every modality: one forward
+            eps = self.bases[self.names[0]].predict_noise(torch.cat([xs[m] for m in self.names]),
+                                                          torch.cat([t] * len(self.names)))
+            return dict(zip(self.names, eps.chunk(len(self.names))))
+        return {m: self.bases[m].predict_noise(xs[m], t, conds.get(m)) for m in self.names}
+
+    def _shared_unconditional(self, xs, conds) -> bool:
+        first = self.bases[self.names[0]]
+        return (
+            len(self.names) > 1
+            and all(self.bases[m] is first for m in self.names)
+            and all(conds.get(m) is None for m in self.names)
+            and len({xs[m].shape for m in self.names}) == 1
+        )

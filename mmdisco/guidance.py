@@ -1,0 +1,117 @@
+"""The one place where the discriminator meets the base models (paper Sec. 3.2, Eq. 11-12).
+
+    r_m = -sigma_m(t) * d logit D(a_t, v_t, t) / d m_t            (residual noise)
+    eps_joint_m = eps_m(m_t, t) + s_m * r_m                       (joint scale s_m)
+
+One forward and one backward of D give the residuals of every modality. A text-conditional D
+gets classifier-free guidance like its base: r = r_u + w_m (r_c - r_u), both branches in one
+batched pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from mmdisco.bases.protocol import Condition
+from mmdisco.schedule import NoiseSchedule, expand_as
+
+MODALITIES = ("audio", "video")
+
+
+def discriminator_condition(conds: Mapping[str, Condition | None] | None, uncond: bool = False):
+    """The pooled prompt embeddings D takes, ``{m: (B, D_m)}``, or None for an unconditional D."""
+    if not conds:
+        return None
+    pooled = {
+        m: (c.pooled_uncond if uncond else c.pooled)
+        for m, c in conds.items()
+        if c is not None and c.pooled is not None
+    }
+    return pooled or None
+
+
+def residual(
+    discriminator: nn.Module,
+    xs: Mapping[str, Tensor],
+    t: Tensor,
+    schedules: Mapping[str, NoiseSchedule],
+    d_cond: Mapping[str, Tensor] | None = None,
+    create_graph: bool = False,
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Residual noise r_m = -sigma_m(t) * grad_m logit for every modality, and the logit (B,).
+
+    With ``create_graph=True`` the residuals stay differentiable w.r.t. D's parameters
+    (L_DSM trains through them); otherwise the inputs are detached copies.
+    """
+    if not create_graph:
+        xs = {m: x.detach().requires_grad_(True) for m, x in xs.items()}
+    elif not all(x.requires_grad for x in xs.values()):
+        raise ValueError("with create_graph=True the inputs must require grad")
+    with torch.enable_grad():
+        logit = discriminator(xs["audio"], xs["video"], t, d_cond)
+        grads = torch.autograd.grad(logit.sum(), [xs[m] for m in MODALITIES], create_graph=create_graph)
+    res = {}
+    for m, g in zip(MODALITIES, grads):
+        sigma = schedules[m].coefficients(t)[1].to(device=g.device, dtype=g.dtype)
+        res[m] = -expand_as(sigma, g) * g
+    return res, logit
+
+
+class JointGuidance(nn.Module):
+    """A joint noise model: base noise plus the scaled discriminator residual (habit 2)."""
+
+    def __init__(
+        self,
+        bases,
+        discriminator: nn.Module,
+        joint_scales: float | Mapping[str, float] = 1.0,
+        discriminator_cfg: bool = True,
+    ):
+        super().__init__()
+        self.bases = bases
+        self.discriminator = discriminator
+        if not isinstance(joint_scales, Mapping):
+            joint_scales = {m: float(joint_scales) for m in MODALITIES}
+        missing = set(MODALITIES) - set(joint_scales)
+        if missing:
+            raise ValueError(f"joint_scales lacks {sorted(missing)}: give one scale per modality")
+        self.joint_scales = {m: float(joint_scales[m]) for m in MODALITIES}
+        self.discriminator_cfg = discriminator_cfg
+
+    @property
+    def schedules(self) -> dict[str, NoiseSchedule]:
+        return self.bases.schedules
+
+    def residuals(self, xs, t, conds=None) -> dict[str, Tensor]:
+        """Residuals for sampling, with D's classifier-free guidance where the condition asks."""
+        cond_c = discriminator_condition(conds)
+        scales = {m: (conds or {}).get(m) for m in MODALITIES}
+        scales = {m: (c.guidance_scale if c is not None else 1.0) for m, c in scales.items()}
+        use_cfg = (
+            self.discriminator_cfg
+            and cond_c is not None
+            and all(conds[m].pooled_uncond is not None for m in cond_c)
+            and any(scales[m] != 1.0 for m in MODALITIES)
+        )
+        if not use_cfg:
+            return residual(self.discriminator, xs, t, self.schedules, cond_c)[0]
+        cond_u = discriminator_condition(conds, uncond=True)
+        b = t.shape[0]
+        both = {m: torch.cat([x, x]) for m, x in xs.items()}
+        d_cond = {m: torch.cat([cond_u[m].expand(b, -1), cond_c[m].expand(b, -1)]) for m in cond_c}
+        res, _ = residual(self.discriminator, both, torch.cat([t, t]), self.schedules, d_cond)
+        out = {}
+        for m, r in res.items():
+            r_u, r_c = r.chunk(2)
+            out[m] = r_u + scales[m] * (r_c - r_u)
+        return out
+
+    def predict_noise(self, xs, t, conds=None) -> dict[str, Tensor]:
+        eps = self.bases.predict_noise(xs, t, conds)
+        if all(s == 0.0 for s in self.joint_scales.values()):
+            return eps
+        res = self.residuals(xs, t, conds)
+        return {m: eps[m] + self.joint_scales[m] * res[m] for m in eps}

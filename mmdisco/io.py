@@ -1,0 +1,70 @@
+"""Atomic file writes, safetensors checkpoints and checks of pretrained directories."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+
+def _atomic_target(path: str | Path) -> tuple[Path, str]:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    return path, tmp
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path, tmp = _atomic_target(path)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: str | Path, obj) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata=None) -> None:
+    """safetensors file, written to a temp name and renamed (a kill never leaves half a file)."""
+    path, tmp = _atomic_target(path)
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata)
+    os.replace(tmp, path)
+
+
+def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    return load_file(str(path), device=str(device))
+
+
+def save_module(path: str | Path, module: nn.Module) -> None:
+    save_tensors(path, module.state_dict())
+
+
+def load_module(path: str | Path, module: nn.Module, strict: bool = True) -> nn.Module:
+    module.load_state_dict(load_tensors(path), strict=strict)
+    return module
+
+
+def check_pretrained_dir(path: str | Path, required: Iterable[str], hint: str) -> Path:
+    """Fail with one message listing every missing file and where to get them."""
+    path = Path(path)
+    required = list(required)
+    missing = [f for f in required if not (path / f).exists()]
+    if not path.is_dir() or missing:
+        what = "does not exist" if not path.is_dir() else f"lacks {', '.join(missing)}"
+        raise FileNotFoundError(
+            f"pretrained directory {path} {what}. Expected files: {', '.join(required)}. {hint}"
+        )
+    return path

@@ -1,0 +1,85 @@
+"""Glue shared by the scripts: devices, a run directory's contents, fake-pair pre-sampling."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from mmdisco.io import load_module, load_tensors, save_tensors
+from mmdisco.sampling import JointSampler
+
+CONFIG_FILE = "config.yaml"
+WEIGHTS_FILE = "discriminator.safetensors"
+
+
+def setup_torch(device: str = "auto", threads: int | None = None) -> torch.device:
+    if threads:
+        torch.set_num_threads(int(threads))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def sampler_kwargs(sampler_cfg) -> dict:
+    """Sampler config -> JointSampler keyword arguments (drops Hydra keys and nulls)."""
+    cfg = OmegaConf.to_container(sampler_cfg, resolve=True) if isinstance(sampler_cfg, DictConfig) else dict(sampler_cfg)
+    return {k: v for k, v in cfg.items() if not k.startswith("_") and v is not None}
+
+
+def sample_in_batches(sampler: JointSampler, num: int, batch_size: int, seed: int, device, progress=True):
+    """``num`` samples; batch i uses the generator seeded with seed + i (a seed names an output)."""
+    outs: dict[str, list[torch.Tensor]] = {}
+    starts = range(0, num, batch_size)
+    for i, start in enumerate(tqdm(starts, disable=not progress, desc="batches")):
+        gen = torch.Generator(device).manual_seed(seed + i)
+        xs = sampler.sample(min(batch_size, num - start), generator=gen, device=device, progress=progress)
+        for m, x in xs.items():
+            outs.setdefault(m, []).append(x.detach().cpu())
+    return {m: torch.cat(v) for m, v in outs.items()}
+
+
+def fake_pairs(bases, fake_cfg, sampler_cfg, path: Path, seed: int, device, progress=True):
+    """Pairs sampled independently from the bases, once; cached in ``path`` (safetensors)."""
+    if path.exists():
+        return load_tensors(path)
+    sampler = JointSampler(bases, None, **sampler_kwargs(sampler_cfg))
+    pairs = sample_in_batches(sampler, fake_cfg.num_pairs, fake_cfg.batch_size, seed, device, progress)
+    save_tensors(path, pairs)
+    return pairs
+
+
+@dataclass
+class Run:
+    cfg: DictConfig
+    bases: object
+    data: object
+    discriminator: torch.nn.Module | None
+
+
+def load_run(run_dir: str | Path, device="cpu", with_discriminator: bool = True) -> Run:
+    """Rebuild the bases, data and trained discriminator of a training run."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / CONFIG_FILE
+    if not cfg_path.exists():
+        raise FileNotFoundError(
+            f"{cfg_path} not found: {run_dir} is not a training run. "
+            f"Train one with `python scripts/train.py run_dir={run_dir} ...`."
+        )
+    cfg = OmegaConf.load(cfg_path)
+    bases = instantiate(cfg.base).to(device)
+    data = instantiate(cfg.data)
+    disc = None
+    if with_discriminator:
+        weights = run_dir / WEIGHTS_FILE
+        if not weights.exists():
+            raise FileNotFoundError(
+                f"{weights} not found: training in {run_dir} has not finished. "
+                f"Resume it with `python scripts/train.py run_dir={run_dir}` (same overrides)."
+            )
+        disc = load_module(weights, instantiate(cfg.discriminator)).to(device).eval()
+    return Run(cfg, bases, data, disc)

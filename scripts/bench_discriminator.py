@@ -1,0 +1,249 @@
+"""Cost of the two-stream discriminator at the paper's input shapes (paper A.9, Tables 11-12).
+
+    python scripts/bench_discriminator.py                       # every paper config, CUDA if any
+    python scripts/bench_discriminator.py --configs mmdiffusion_ind ood_auffusion_vc2 --batch 1
+    python scripts/bench_discriminator.py --sweep               # Tables 8-9 parameter counts
+
+Per config: forward; forward + input-gradient backward (one guided sampling step); forward +
+double backward (one L_D + L_DSM training step, the gradient kept with create_graph=True);
+peak memory of the training step (CUDA: max_memory_allocated; CPU: sampled RSS growth).
+The base cost is a random-init diffusers UNet2DConditionModel at SD-1.5 size (860M) as a proxy
+for the SD-1.5-based bases: the audio UNet on Auffusion's padded (4, 32, 128) latent, the video
+UNet on 16 frames of (4, 32, 32) (AnimateDiff's spatial UNet, motion modules left out, so it is
+a lower bound). MM-Diffusion (the IND base) is not in diffusers: no ratio for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import threading
+import time
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "discriminator"
+PAPER_CONFIGS = [
+    "mmdiffusion_ind",
+    "ood_audioldm_animatediff",
+    "ood_audioldm_animatediff_transformer",
+    "ood_audioldm_animatediff_frieren",
+    "ood_auffusion_vc2",
+    "ood_auffusion_vc2_transformer",
+    "ood_auffusion_vc2_frieren",
+]
+# (audio, video) shapes without batch, paper Table 6 (Auffusion: 2 s = 25 latent frames)
+SHAPES = {
+    "mmdiffusion": ((1, 25600), (3, 16, 64, 64)),
+    "ood_audioldm": ((8, 50, 16), (4, 16, 32, 32)),
+    "ood_auffusion": ((4, 25, 32), (4, 16, 32, 32)),
+}
+# paper Table 11 (H100, batch 8): discriminator forward / base forward, for reference
+PAPER_FWD_RATIO = {"mmdiffusion": 0.054 / 0.273, "ood_audioldm": 0.081 / 0.254,
+                   "ood_auffusion": 0.081 / 0.349}  # fmt: skip
+# Tables 8-9: (channels, ResBlocks per level) -> reported parameter count
+PAPER_SWEEP = {(32, 1): "401K", (32, 2): "798K", (32, 4): "1.6M", (64, 2): "3.2M",
+               (128, 1): "19.0M (sic)", (128, 2): "12.7M", (128, 4): "25.3M",
+               (256, 2): "50.7M"}  # fmt: skip
+
+
+def load_config(name: str, **overrides):
+    cfg = OmegaConf.load(CONFIG_DIR / f"{name}.yaml")
+    return OmegaConf.merge(cfg, overrides)
+
+
+def num_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def sweep() -> None:
+    print("Tables 8-9 sweep: mmdiffusion_ind with channels=C time_dim=C blocks_per_level=N")
+    print(f"{'C':>4} {'N':>2} {'params':>12}  paper")
+    for c in (32, 64, 128, 256):
+        for n in (1, 2, 4):
+            cfg = load_config("mmdiffusion_ind", channels=c, time_dim=c, blocks_per_level=n)
+            with torch.device("meta"):
+                count = num_params(instantiate(cfg))
+            print(f"{c:>4} {n:>2} {count:>12,}  {PAPER_SWEEP.get((c, n), '-')}")
+
+
+class PeakMemory:
+    """Peak memory growth during a block: CUDA allocator peak, or sampled RSS on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak = device, 0.0
+
+    @staticmethod
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            self.base, self.max_rss, self.running = self.rss(), self.rss(), True
+            self.thread = threading.Thread(target=self.sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def sample(self):
+        while self.running:
+            self.max_rss = max(self.max_rss, self.rss())
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = (torch.cuda.max_memory_allocated() - self.base) / 2**20
+        else:
+            self.running = False
+            self.thread.join()
+            self.peak = (max(self.max_rss, self.rss()) - self.base) / 2**20
+
+
+def timed(fn, device: torch.device, repeats: int, warmup: int) -> float:
+    """Mean seconds of fn() over `repeats` runs after `warmup` runs."""
+    for _ in range(warmup):
+        fn()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync()
+    return (time.perf_counter() - start) / repeats
+
+
+def discriminator_inputs(model, family: str, batch: int, device: torch.device):
+    audio_shape, video_shape = SHAPES[family]
+    audio = torch.randn(batch, *audio_shape, device=device)
+    video = torch.randn(batch, *video_shape, device=device)
+    t = torch.randint(0, 1000, (batch,), device=device)
+    cond = {}
+    for m, proj in (("audio", model.audio_text_proj), ("video", model.video_text_proj)):
+        if proj is not None:
+            cond[m] = torch.randn(batch, proj.in_features, device=device)
+    return audio, video, t, cond or None
+
+
+def discriminator_steps(model, audio, video, t, cond):
+    """The three measured calls: forward, sampling step, training step (L_D + L_DSM-like)."""
+
+    def forward():
+        with torch.no_grad():
+            model(audio, video, t, cond)
+
+    def sampling_step():
+        a, v = audio.detach().requires_grad_(True), video.detach().requires_grad_(True)
+        torch.autograd.grad(model(a, v, t, cond).sum(), (a, v))
+
+    def training_step():
+        a, v = audio.detach().requires_grad_(True), video.detach().requires_grad_(True)
+        logit = model(a, v, t, cond)
+        ga, gv = torch.autograd.grad(logit.sum(), (a, v), create_graph=True)
+        loss = torch.nn.functional.softplus(-logit).mean() + ga.square().mean() + gv.square().mean()
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    return forward, sampling_step, training_step
+
+
+def sd15_unet(device: torch.device):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(cross_attention_dim=768).to(device).eval()  # SD-1.5 sizes
+
+
+def base_forward_seconds(unet, batch: int, frames: int, args, device) -> float:
+    """SD-1.5 UNet forward on the audio latent plus `frames` video frames (scaled to 16)."""
+    text = torch.randn(1, 77, 768, device=device)
+
+    def run(x):
+        with torch.no_grad():
+            unet(x, 500, encoder_hidden_states=text.expand(len(x), -1, -1))
+
+    audio = torch.randn(batch, 4, 32, 128, device=device)
+    video = torch.randn(batch * frames, 4, 32, 32, device=device)
+    with autocast(args, device):
+        seconds_audio = timed(lambda: run(audio), device, args.repeats, args.warmup)
+        seconds_video = timed(lambda: run(video), device, args.repeats, args.warmup)
+    return seconds_audio + seconds_video * 16 / frames
+
+
+def autocast(args, device):
+    if args.dtype == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def bench(args) -> None:
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {args.threads} thr"
+    print(f"device: {name}; batch {args.batch}; {args.dtype}; repeats {args.repeats}, "
+          f"warmup {args.warmup}; torch {torch.__version__}")  # fmt: skip
+    header = (f"{'config':38} {'params':>8} {'fwd s':>8} {'fwd+bwd s':>10} {'train s':>9} "
+              f"{'peak MiB':>9} {'base s':>8} {'fwd/base':>9} {'paper':>6}")  # fmt: skip
+    unet, base_seconds = None, None
+    if not args.no_unet:
+        torch.manual_seed(0)
+        unet = sd15_unet(device)
+        base_seconds = base_forward_seconds(unet, args.batch, args.unet_frames, args, device)
+        print(f"SD-1.5 UNet proxy: {num_params(unet) / 1e6:.0f}M params, audio (4, 32, 128) + "
+              f"16 x video (4, 32, 32) forward: {base_seconds:.3f} s "
+              f"(video measured on {args.unet_frames} frames, scaled)")  # fmt: skip
+        del unet
+    print(header)
+    for config in args.configs:
+        family = next(f for f in SHAPES if config.startswith(f))
+        torch.manual_seed(0)
+        model = instantiate(load_config(config)).to(device).train()
+        inputs = discriminator_inputs(model, family, args.batch, device)
+        forward, sampling_step, training_step = discriminator_steps(model, *inputs)
+        with autocast(args, device):
+            fwd = timed(forward, device, args.repeats, args.warmup)
+            sampling = timed(sampling_step, device, args.repeats, args.warmup)
+            with PeakMemory(device) as memory:
+                train = timed(training_step, device, args.repeats, args.warmup)
+        ratio = "-"
+        if base_seconds is not None and family == "ood_auffusion":
+            ratio = f"{fwd / base_seconds:.3f}"
+        print(f"{config:38} {num_params(model) / 1e6:7.1f}M {fwd:8.3f} {sampling:10.3f} "
+              f"{train:9.3f} {memory.peak:9.0f} "
+              f"{base_seconds if base_seconds is not None else float('nan'):8.3f} {ratio:>9} "
+              f"{PAPER_FWD_RATIO[family]:6.3f}")  # fmt: skip
+        del model, inputs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--configs", nargs="+", default=PAPER_CONFIGS)
+    parser.add_argument("--batch", type=int, default=None, help="default: 8 CUDA, 1 CPU")
+    parser.add_argument("--repeats", type=int, default=None, help="default: 10 CUDA, 1 CPU")
+    parser.add_argument("--warmup", type=int, default=None, help="default: 3 CUDA, 1 CPU")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads")
+    parser.add_argument("--cpu", action="store_true", help="stay on CPU even with CUDA")
+    parser.add_argument("--no-unet", action="store_true", help="skip the base UNet proxy")
+    parser.add_argument("--unet-frames", type=int, default=16, help="video frames to time")
+    parser.add_argument("--sweep", action="store_true", help="print Tables 8-9 counts only")
+    args = parser.parse_args()
+    if args.sweep:
+        sweep()
+        return
+    torch.set_num_threads(args.threads)
+    cuda = torch.cuda.is_available() and not args.cpu
+    args.batch = args.batch or (8 if cuda else 1)
+    args.repeats = args.repeats or (10 if cuda else 1)
+    args.warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
+    bench(args)
+
+
+if __name__ == "__main__":
+    main()
