@@ -53,7 +53,9 @@ def save_checkpoint(
     save_tensors(tmp / "optimizer.safetensors", opt_tensors)
     rng = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
     save_tensors(tmp / "rng.safetensors", rng)
-    (tmp / "state.json").write_text(json.dumps({"step": step, "optimizer": opt_meta, "config": config}))
+    (tmp / "state.json").write_text(
+        json.dumps({"step": step, "optimizer": opt_meta, "config": config})
+    )
     old = path.with_name(path.name + ".old")
     if path.exists():
         path.rename(old)
@@ -80,4 +82,6 @@ def load_checkpoint(
 
 def checkpoint_exists(path: str | Path) -> bool:
     path = Path(path)
-    return (path / "state.json").exists() or (path.with_name(path.name + ".old") / "state.json").exists()
+    return (path / "state.json").exists() or (
+        path.with_name(path.name + ".old") / "state.json"
+    ).exists()

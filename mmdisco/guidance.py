@@ -52,7 +52,9 @@ def residual(
         raise ValueError("with create_graph=True the inputs must require grad")
     with torch.enable_grad():
         logit = discriminator(xs["audio"], xs["video"], t, d_cond)
-        grads = torch.autograd.grad(logit.sum(), [xs[m] for m in MODALITIES], create_graph=create_graph)
+        grads = torch.autograd.grad(
+            logit.sum(), [xs[m] for m in MODALITIES], create_graph=create_graph
+        )
     res = {}
     for m, g in zip(MODALITIES, grads):
         sigma = schedules[m].coefficients(t)[1].to(device=g.device, dtype=g.dtype)

@@ -98,7 +98,9 @@ class JointLoss:
             )
         else:
             logit_real = discriminator(xt_real["audio"], xt_real["video"], t_real, d_cond_real)
-        logit_fake = discriminator(xt_fake["audio"], xt_fake["video"], t_fake, discriminator_condition(fake_conds))
+        logit_fake = discriminator(
+            xt_fake["audio"], xt_fake["video"], t_fake, discriminator_condition(fake_conds)
+        )
 
         terms["l_d"] = F.binary_cross_entropy_with_logits(
             logit_real, torch.ones_like(logit_real)
@@ -114,6 +116,9 @@ class JointLoss:
         terms["loss"] = (terms["l_d"] if self.bce else 0.0) + self.lambda_dsm * terms["l_dsm"]
         terms["acc_real"] = (logit_real.detach() > 0).float().mean()
         terms["acc_fake"] = (logit_fake.detach() < 0).float().mean()
-        terms["t"], terms["logit_real"], terms["logit_fake"] = t, logit_real.detach(), logit_fake.detach()
+        terms["t"], terms["logit_real"], terms["logit_fake"] = (
+            t,
+            logit_real.detach(),
+            logit_fake.detach(),
+        )
         return terms
-

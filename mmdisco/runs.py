@@ -27,17 +27,25 @@ def setup_torch(device: str = "auto", threads: int | None = None) -> torch.devic
 
 def sampler_kwargs(sampler_cfg) -> dict:
     """Sampler config -> JointSampler keyword arguments (drops Hydra keys and nulls)."""
-    cfg = OmegaConf.to_container(sampler_cfg, resolve=True) if isinstance(sampler_cfg, DictConfig) else dict(sampler_cfg)
+    cfg = (
+        OmegaConf.to_container(sampler_cfg, resolve=True)
+        if isinstance(sampler_cfg, DictConfig)
+        else dict(sampler_cfg)
+    )
     return {k: v for k, v in cfg.items() if not k.startswith("_") and v is not None}
 
 
-def sample_in_batches(sampler: JointSampler, num: int, batch_size: int, seed: int, device, progress=True):
+def sample_in_batches(
+    sampler: JointSampler, num: int, batch_size: int, seed: int, device, progress=True
+):
     """``num`` samples; batch i uses the generator seeded with seed + i (a seed names an output)."""
     outs: dict[str, list[torch.Tensor]] = {}
     starts = range(0, num, batch_size)
     for i, start in enumerate(tqdm(starts, disable=not progress, desc="batches")):
         gen = torch.Generator(device).manual_seed(seed + i)
-        xs = sampler.sample(min(batch_size, num - start), generator=gen, device=device, progress=progress)
+        xs = sampler.sample(
+            min(batch_size, num - start), generator=gen, device=device, progress=progress
+        )
         for m, x in xs.items():
             outs.setdefault(m, []).append(x.detach().cpu())
     return {m: torch.cat(v) for m, v in outs.items()}
@@ -48,7 +56,9 @@ def fake_pairs(bases, fake_cfg, sampler_cfg, path: Path, seed: int, device, prog
     if path.exists():
         return load_tensors(path)
     sampler = JointSampler(bases, None, **sampler_kwargs(sampler_cfg))
-    pairs = sample_in_batches(sampler, fake_cfg.num_pairs, fake_cfg.batch_size, seed, device, progress)
+    pairs = sample_in_batches(
+        sampler, fake_cfg.num_pairs, fake_cfg.batch_size, seed, device, progress
+    )
     save_tensors(path, pairs)
     return pairs
 

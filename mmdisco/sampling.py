@@ -29,7 +29,9 @@ SOLVERS = ("ddpm", "ddim", "dpmpp")
 SPACINGS = ("linspace", "leading", "trailing")
 
 
-def make_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "linspace") -> list[int]:
+def make_timesteps(
+    num_train_timesteps: int, num_steps: int, spacing: str = "linspace"
+) -> list[int]:
     """Decreasing integer steps, spaced as diffusers' ``timestep_spacing`` names them."""
     T, n = num_train_timesteps, num_steps
     if not 1 <= n <= T:

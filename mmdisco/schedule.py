@@ -1,6 +1,7 @@
 """Noise schedules as per-step (alpha_t, sigma_t): x_t = alpha_t * x_0 + sigma_t * noise.
 
-Variance-preserving DDPM schedules have alpha_t = sqrt(alpha_bar_t), sigma_t = sqrt(1 - alpha_bar_t).
+Variance-preserving DDPM schedules have alpha_t = sqrt(alpha_bar_t) and
+sigma_t = sqrt(1 - alpha_bar_t).
 VideoCrafter2 additionally scales the signal (``scale_b``), so alpha_t**2 + sigma_t**2 < 1 there:
 nothing downstream may assume VP.
 """
@@ -79,7 +80,9 @@ class NoiseSchedule:
         scale = None
         if scale_b is not None:
             ramp = torch.linspace(1.0, scale_b, scale_steps, dtype=torch.float64)
-            rest = torch.full((num_train_timesteps - scale_steps,), ramp[-1].item(), dtype=torch.float64)
+            rest = torch.full(
+                (num_train_timesteps - scale_steps,), ramp[-1].item(), dtype=torch.float64
+            )
             scale = torch.cat([ramp, rest])
         return cls.from_betas(betas, scale)
 

@@ -4,9 +4,10 @@
     python scripts/bench_discriminator.py --configs mmdiffusion_ind ood_auffusion_vc2 --batch 1
     python scripts/bench_discriminator.py --sweep               # Tables 8-9 parameter counts
 
-Per config: forward; forward + input-gradient backward (one guided sampling step); forward +
-double backward (one L_D + L_DSM training step, the gradient kept with create_graph=True);
-peak memory of the training step (CUDA: max_memory_allocated; CPU: sampled RSS growth).
+Per config, each in a fresh process: "fwd" a forward; "guide" forward + input-gradient backward
+(what one guided sampling step adds); "train" forward + double backward (one L_D + L_DSM-like
+training step, the input gradient kept with create_graph=True); peak memory over the three
+beyond the model and inputs (CUDA: max_memory_allocated; CPU: growth of the max RSS).
 The base cost is a random-init diffusers UNet2DConditionModel at SD-1.5 size (860M) as a proxy
 for the SD-1.5-based bases: the audio UNet on Auffusion's padded (4, 32, 128) latent, the video
 UNet on 16 frames of (4, 32, 32) (AnimateDiff's spatial UNet, motion modules left out, so it is
@@ -17,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import multiprocessing
 import os
-import threading
+import resource
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -71,41 +74,20 @@ def sweep() -> None:
             print(f"{c:>4} {n:>2} {count:>12,}  {PAPER_SWEEP.get((c, n), '-')}")
 
 
-class PeakMemory:
-    """Peak memory growth during a block: CUDA allocator peak, or sampled RSS on CPU."""
+def peak_memory_mib(device: torch.device, base: int) -> float:
+    """Peak memory since `base` (CUDA: allocator peak; CPU: this process's max RSS)."""
+    if device.type == "cuda":
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base) / 2**20
 
-    def __init__(self, device: torch.device):
-        self.device, self.peak = device, 0.0
 
-    @staticmethod
-    def rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-        else:
-            self.base, self.max_rss, self.running = self.rss(), self.rss(), True
-            self.thread = threading.Thread(target=self.sample, daemon=True)
-            self.thread.start()
-        return self
-
-    def sample(self):
-        while self.running:
-            self.max_rss = max(self.max_rss, self.rss())
-            time.sleep(0.005)
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            self.peak = (torch.cuda.max_memory_allocated() - self.base) / 2**20
-        else:
-            self.running = False
-            self.thread.join()
-            self.peak = (max(self.max_rss, self.rss()) - self.base) / 2**20
+def current_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def timed(fn, device: torch.device, repeats: int, warmup: int) -> float:
@@ -161,9 +143,25 @@ def sd15_unet(device: torch.device):
     return UNet2DConditionModel(cross_attention_dim=768).to(device).eval()  # SD-1.5 sizes
 
 
-def base_forward_seconds(unet, batch: int, frames: int, args, device) -> float:
-    """SD-1.5 UNet forward on the audio latent plus `frames` video frames (scaled to 16)."""
+def setup(opts: dict) -> torch.device:
+    """Per measuring process: threads and device."""
+    torch.set_num_threads(opts["threads"])
+    return torch.device(opts["device"])
+
+
+def autocast(opts: dict, device: torch.device):
+    if opts["dtype"] == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def measure_base(opts: dict) -> dict:
+    """SD-1.5 UNet forward on the audio latent plus 16 video frames (timed on `frames`)."""
+    device = setup(opts)
+    torch.manual_seed(0)
+    unet = sd15_unet(device)
     text = torch.randn(1, 77, 768, device=device)
+    batch, frames = opts["batch"], opts["unet_frames"]
 
     def run(x):
         with torch.no_grad():
@@ -171,54 +169,63 @@ def base_forward_seconds(unet, batch: int, frames: int, args, device) -> float:
 
     audio = torch.randn(batch, 4, 32, 128, device=device)
     video = torch.randn(batch * frames, 4, 32, 32, device=device)
-    with autocast(args, device):
-        seconds_audio = timed(lambda: run(audio), device, args.repeats, args.warmup)
-        seconds_video = timed(lambda: run(video), device, args.repeats, args.warmup)
-    return seconds_audio + seconds_video * 16 / frames
+    with autocast(opts, device):
+        seconds_audio = timed(lambda: run(audio), device, opts["repeats"], opts["warmup"])
+        seconds_video = timed(lambda: run(video), device, opts["repeats"], opts["warmup"])
+    return {"params": num_params(unet), "seconds": seconds_audio + seconds_video * 16 / frames}
 
 
-def autocast(args, device):
-    if args.dtype == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def measure_discriminator(config: str, opts: dict) -> dict:
+    device = setup(opts)
+    family = next(f for f in SHAPES if config.startswith(f))
+    torch.manual_seed(0)
+    model = instantiate(load_config(config)).to(device).train()
+    inputs = discriminator_inputs(model, family, opts["batch"], device)
+    forward, sampling_step, training_step = discriminator_steps(model, *inputs)
+    base = current_memory(device)
+    repeats, warmup = opts["repeats"], opts["warmup"]
+    with autocast(opts, device):
+        result = {
+            "family": family,
+            "params": num_params(model),
+            "fwd": timed(forward, device, repeats, warmup),
+            "guide": timed(sampling_step, device, repeats, warmup),
+            "train": timed(training_step, device, repeats, warmup),
+        }
+    result["peak_mib"] = peak_memory_mib(device, base)
+    return result
 
 
-def bench(args) -> None:
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {args.threads} thr"
-    print(f"device: {name}; batch {args.batch}; {args.dtype}; repeats {args.repeats}, "
-          f"warmup {args.warmup}; torch {torch.__version__}")  # fmt: skip
-    header = (f"{'config':38} {'params':>8} {'fwd s':>8} {'fwd+bwd s':>10} {'train s':>9} "
-              f"{'peak MiB':>9} {'base s':>8} {'fwd/base':>9} {'paper':>6}")  # fmt: skip
-    unet, base_seconds = None, None
-    if not args.no_unet:
-        torch.manual_seed(0)
-        unet = sd15_unet(device)
-        base_seconds = base_forward_seconds(unet, args.batch, args.unet_frames, args, device)
-        print(f"SD-1.5 UNet proxy: {num_params(unet) / 1e6:.0f}M params, audio (4, 32, 128) + "
-              f"16 x video (4, 32, 32) forward: {base_seconds:.3f} s "
-              f"(video measured on {args.unet_frames} frames, scaled)")  # fmt: skip
-        del unet
-    print(header)
-    for config in args.configs:
-        family = next(f for f in SHAPES if config.startswith(f))
-        torch.manual_seed(0)
-        model = instantiate(load_config(config)).to(device).train()
-        inputs = discriminator_inputs(model, family, args.batch, device)
-        forward, sampling_step, training_step = discriminator_steps(model, *inputs)
-        with autocast(args, device):
-            fwd = timed(forward, device, args.repeats, args.warmup)
-            sampling = timed(sampling_step, device, args.repeats, args.warmup)
-            with PeakMemory(device) as memory:
-                train = timed(training_step, device, args.repeats, args.warmup)
-        ratio = "-"
-        if base_seconds is not None and family == "ood_auffusion":
-            ratio = f"{fwd / base_seconds:.3f}"
-        print(f"{config:38} {num_params(model) / 1e6:7.1f}M {fwd:8.3f} {sampling:10.3f} "
-              f"{train:9.3f} {memory.peak:9.0f} "
-              f"{base_seconds if base_seconds is not None else float('nan'):8.3f} {ratio:>9} "
-              f"{PAPER_FWD_RATIO[family]:6.3f}")  # fmt: skip
-        del model, inputs
+def in_fresh_process(fn, *args):
+    """Run fn(*args) in a new process, so that each peak memory is its own."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def bench(opts: dict) -> None:
+    device = torch.device(opts["device"])
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    print(f"device: {name}, {opts['threads']} CPU thread(s); batch {opts['batch']}; "
+          f"{opts['dtype']}; repeats {opts['repeats']}, warmup {opts['warmup']}; "
+          f"torch {torch.__version__}")  # fmt: skip
+    base = None
+    if not opts["no_unet"]:
+        base = in_fresh_process(measure_base, opts)
+        print(f"base proxy, SD-1.5 UNet ({base['params'] / 1e6:.0f}M), forward of audio "
+              f"(4, 32, 128) + 16 frames of (4, 32, 32): {base['seconds']:.3f} s (video timed "
+              f"on {opts['unet_frames']} frames, scaled to 16)")  # fmt: skip
+    print(f"{'config':38} {'params':>8} {'fwd s':>8} {'guide s':>8} {'train s':>8} "
+          f"{'peak MiB':>9} {'fwd/base':>9} {'guide/base':>10} {'train/base':>10} "
+          f"{'paper fwd/base':>14}")  # fmt: skip
+    for config in opts["configs"]:
+        r = in_fresh_process(measure_discriminator, config, opts)
+        ratios = ["-"] * 3
+        if base is not None and r["family"] == "ood_auffusion":
+            ratios = [f"{r[k] / base['seconds']:.3f}" for k in ("fwd", "guide", "train")]
+        print(f"{config:38} {r['params'] / 1e6:7.1f}M {r['fwd']:8.3f} {r['guide']:8.3f} "
+              f"{r['train']:8.3f} {r['peak_mib']:9.0f} {ratios[0]:>9} {ratios[1]:>10} "
+              f"{ratios[2]:>10} {PAPER_FWD_RATIO[r['family']]:14.3f}")  # fmt: skip
 
 
 def main() -> None:
@@ -226,7 +233,7 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=PAPER_CONFIGS)
     parser.add_argument("--batch", type=int, default=None, help="default: 8 CUDA, 1 CPU")
     parser.add_argument("--repeats", type=int, default=None, help="default: 10 CUDA, 1 CPU")
-    parser.add_argument("--warmup", type=int, default=None, help="default: 3 CUDA, 1 CPU")
+    parser.add_argument("--warmup", type=int, default=None, help="default: 3 CUDA, 0 CPU")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads")
     parser.add_argument("--cpu", action="store_true", help="stay on CPU even with CUDA")
@@ -237,12 +244,12 @@ def main() -> None:
     if args.sweep:
         sweep()
         return
-    torch.set_num_threads(args.threads)
     cuda = torch.cuda.is_available() and not args.cpu
-    args.batch = args.batch or (8 if cuda else 1)
-    args.repeats = args.repeats or (10 if cuda else 1)
-    args.warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
-    bench(args)
+    opts = vars(args) | {"device": "cuda" if cuda else "cpu"}
+    opts["batch"] = args.batch or (8 if cuda else 1)
+    opts["repeats"] = args.repeats or (10 if cuda else 1)
+    opts["warmup"] = args.warmup if args.warmup is not None else (3 if cuda else 0)
+    bench(opts)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-import numpy as np
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,10 +23,11 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(cfg.run_dir)
     path = run_dir / cfg.samples
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run `python scripts/sample.py run_dir={run_dir}` first")
+        raise FileNotFoundError(
+            f"{path} not found: run `python scripts/sample.py run_dir={run_dir}` first"
+        )
     data = instantiate(OmegaConf.load(run_dir / CONFIG_FILE).data)
-    samples = {k: torch.from_numpy(v) for k, v in np.load(path).items()}
-    metrics = data.evaluate(samples)
+    metrics = data.evaluate(path)
     out = run_dir / (cfg.out or f"{path.stem}_metrics.json")
     atomic_write_json(out, metrics)
     for k, v in metrics.items():

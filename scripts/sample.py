@@ -26,7 +26,9 @@ def main(cfg: DictConfig) -> None:
     run = load_run(cfg.run_dir, device, with_discriminator=cfg.guided)
     kwargs = {**sampler_kwargs(run.cfg.sampler), **sampler_kwargs(cfg.sampler)}
     sampler = JointSampler(run.bases, run.discriminator, **kwargs)
-    samples = sample_in_batches(sampler, cfg.num_samples, cfg.batch_size, cfg.seed, device, cfg.progress)
+    samples = sample_in_batches(
+        sampler, cfg.num_samples, cfg.batch_size, cfg.seed, device, cfg.progress
+    )
 
     out = Path(cfg.run_dir) / (cfg.out or ("samples.npz" if cfg.guided else "samples_nojoint.npz"))
     arrays = {m: x.numpy() for m, x in samples.items()}

@@ -59,7 +59,8 @@ def main(argv: list[str]) -> None:
 
 def render(rows, minutes: float, argv: list[str]) -> str:
     lines = [
-        "| target | method | NLL (exact) | NLL median | NLL (kernel 0.4) | within 3 std | peaks covered |",
+        "| target | method | NLL (exact) | NLL median | NLL (kernel 0.4) | within 3 std "
+        "| peaks covered |",
         "|---|---|---|---|---|---|---|",
     ]
     for label, variant, m in rows:

@@ -38,17 +38,23 @@ def main(cfg: DictConfig) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
     device = setup_torch(cfg.device, cfg.threads)
-    torch.manual_seed(cfg.seed)
 
     # 1. base models (frozen), 2. real pairs, 3. fake pairs from the independent bases
     bases = instantiate(cfg.base).to(device)
-    real = instantiate(cfg.data).real_pairs()
+    real = instantiate(cfg.data).real_pairs(bases)
     fake = fake_pairs(
-        bases, cfg.fake, cfg.sampler, run_dir / "fake_pairs.safetensors", cfg.seed + 10_000,
-        device, cfg.progress,
+        bases,
+        cfg.fake,
+        cfg.sampler,
+        run_dir / "fake_pairs.safetensors",
+        cfg.seed + 10_000,
+        device,
+        cfg.progress,
     )
 
-    # 4. the discriminator and its loss
+    # 4. the discriminator and its loss (seeded here: its init must not depend on whether
+    # the stages above ran or were read from a cache)
+    torch.manual_seed(cfg.seed)
     disc = instantiate(cfg.discriminator).to(device).train()
     loss_fn = instantiate(cfg.loss)
     opt = torch.optim.Adam(disc.parameters(), lr=cfg.train.lr)
@@ -59,11 +65,17 @@ def main(cfg: DictConfig) -> None:
     if start == 0 and log_path.exists():
         log_path.unlink()
 
-    bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps,
-               disable=not cfg.progress, desc="D training")
+    bar = tqdm(
+        range(start, cfg.train.steps),
+        initial=start,
+        total=cfg.train.steps,
+        disable=not cfg.progress,
+        desc="D training",
+    )
     for step in bar:
         terms = loss_fn(
-            disc, bases,
+            disc,
+            bases,
             random_batch(real, cfg.train.batch_size, gen, device),
             random_batch(fake, cfg.train.batch_size, gen, device),
             generator=gen,

@@ -104,7 +104,9 @@ def test_residual_is_minus_sigma_times_logit_gradient():
     res, logit = residual(Linear(), xs, t, SCHED)
     sa, sv = SCHED["audio"].sigma[t].float(), SCHED["video"].sigma[t].float()
     torch.testing.assert_close(res["audio"], -sa[:, None] * 2.0 * torch.ones(2, 4))
-    torch.testing.assert_close(res["video"], -sv[:, None, None, None] * -3.0 * torch.ones(2, 3, 2, 2))
+    torch.testing.assert_close(
+        res["video"], -sv[:, None, None, None] * -3.0 * torch.ones(2, 3, 2, 2)
+    )
     assert logit.shape == (2,)
 
 
@@ -128,7 +130,9 @@ def test_same_seed_same_samples_and_batch_of_two_equals_two_single_runs():
     both = sampler.sample(2, generator=gens)
     singles = [sampler.sample(1, generator=[torch.Generator().manual_seed(s)]) for s in (11, 12)]
     for m in both:
-        torch.testing.assert_close(both[m], torch.cat([s[m] for s in singles]), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(
+            both[m], torch.cat([s[m] for s in singles]), rtol=1e-6, atol=1e-7
+        )
 
 
 def test_guided_sampling_moves_samples_onto_joint_peaks():
@@ -159,13 +163,23 @@ def test_discriminator_cfg_combines_residuals_like_the_base():
     t = torch.full((3,), 400)
     xs = {m: torch.randn(3, 1, dtype=torch.float64) for m in ("audio", "video")}
     conds = {
-        m: Condition(cond=None, uncond=None, guidance_scale=w, pooled=torch.full((1, 2), c),
-                     pooled_uncond=torch.full((1, 2), u))
+        m: Condition(
+            cond=None,
+            uncond=None,
+            guidance_scale=w,
+            pooled=torch.full((1, 2), c),
+            pooled_uncond=torch.full((1, 2), u),
+        )
         for m, w, c, u in [("audio", 3.0, 1.0, 0.25), ("video", 5.0, -1.0, 0.5)]
     }
     guided = JointGuidance(bases, CondLinear(), joint_scales={"audio": 1.0, "video": 2.0})
     res = guided.residuals(xs, t, conds)
-    for m, w, c, u, in [("audio", 3.0, 2.0, 0.5), ("video", 5.0, -2.0, 1.0)]:
+    for (
+        m,
+        w,
+        c,
+        u,
+    ) in [("audio", 3.0, 2.0, 0.5), ("video", 5.0, -2.0, 1.0)]:
         sigma = SCHED[m].sigma[400]
         expected = -sigma * (u + w * (c - u))  # r_u + w (r_c - r_u) with r = -sigma * weight
         torch.testing.assert_close(res[m], torch.full((3, 1), expected.item(), dtype=torch.float64))

@@ -69,7 +69,9 @@ def test_ddpm_matches_diffusers_with_same_generator():
 
 
 def _ours_kw():
-    return dict(beta_schedule="scaled_linear", num_train_timesteps=T, beta_start=0.00085, beta_end=0.012)
+    return dict(
+        beta_schedule="scaled_linear", num_train_timesteps=T, beta_start=0.00085, beta_end=0.012
+    )
 
 
 # -- non-VP: x0 ~ N(mu, s^2) per coordinate, where the exact eps and flow map are known -----
@@ -100,7 +102,9 @@ def test_ode_solvers_converge_to_exact_flow_on_nonvp_schedule(solver, rate):
     errors = []
     for n in (50, 200):  # steps in t in [999, 100]: lambda-steps shrink uniformly with n
         ts = [int(v) for v in torch.linspace(999, 100, n).round()]
-        out = sample_lockstep(lambda xs, t: {"x": eps(xs["x"], t)}, {"x": x_T}, {"x": cls(sched, ts)})
+        out = sample_lockstep(
+            lambda xs, t: {"x": eps(xs["x"], t)}, {"x": x_T}, {"x": cls(sched, ts)}
+        )
         errors.append((out["x"] - exact_ode_then_denoise(sched, ts, x_T)).abs().max().item())
     assert errors[1] < errors[0] / rate, errors
     assert errors[1] < TOL[solver], errors
@@ -126,7 +130,9 @@ def test_ddpm_ancestral_reaches_the_data_law_on_nonvp_schedule():
     eps = gaussian_eps(sched)
     a, sg = float(sched.alpha[ts[0]]), float(sched.sigma[ts[0]])
     x_T = torch.randn(20000, generator=gen) * math.sqrt(a**2 * S**2 + sg**2) + a * MU
-    out = sample_lockstep(lambda xs, t: {"x": eps(xs["x"], t)}, {"x": x_T}, {"x": DDPMSolver(sched, ts)}, gen)
+    out = sample_lockstep(
+        lambda xs, t: {"x": eps(xs["x"], t)}, {"x": x_T}, {"x": DDPMSolver(sched, ts)}, gen
+    )
     assert abs(out["x"].mean().item() - MU) < 0.01
     assert abs(out["x"].std().item() - S) < 0.01
 
@@ -138,9 +144,17 @@ def test_renoise_recurrence_keeps_the_law():
     gen = torch.Generator().manual_seed(0)
     eps = gaussian_eps(sched)
     a, sg = float(sched.alpha[ts[0]]), float(sched.sigma[ts[0]])
-    x_T = torch.randn(20000, generator=gen, dtype=torch.float64) * math.sqrt(a**2 * S**2 + sg**2) + a * MU
-    out = sample_lockstep(lambda xs, t: {"x": eps(xs["x"], t)}, {"x": x_T},
-                          {"x": DDPMSolver(sched, ts)}, gen, joint_num_steps=3)
+    x_T = (
+        torch.randn(20000, generator=gen, dtype=torch.float64) * math.sqrt(a**2 * S**2 + sg**2)
+        + a * MU
+    )
+    out = sample_lockstep(
+        lambda xs, t: {"x": eps(xs["x"], t)},
+        {"x": x_T},
+        {"x": DDPMSolver(sched, ts)},
+        gen,
+        joint_num_steps=3,
+    )
     assert abs(out["x"].mean().item() - MU) < 0.01
     # each pass of "fixed_small" DDPM under-disperses a little (0.295 for one pass): allow 3x
     assert abs(out["x"].std().item() - S) < 0.015

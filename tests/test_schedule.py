@@ -5,9 +5,13 @@ from diffusers import DDPMScheduler
 from mmdisco.schedule import NoiseSchedule, expand_as
 
 
-@pytest.mark.parametrize("kind,start,end", [("linear", 1e-4, 0.02), ("scaled_linear", 0.00085, 0.012)])
+@pytest.mark.parametrize(
+    "kind,start,end", [("linear", 1e-4, 0.02), ("scaled_linear", 0.00085, 0.012)]
+)
 def test_vp_schedule_matches_diffusers(kind, start, end):
-    ref = DDPMScheduler(num_train_timesteps=1000, beta_schedule=kind, beta_start=start, beta_end=end)
+    ref = DDPMScheduler(
+        num_train_timesteps=1000, beta_schedule=kind, beta_start=start, beta_end=end
+    )
     s = NoiseSchedule.ddpm(kind, 1000, start, end)
     torch.testing.assert_close(s.alpha.float() ** 2, ref.alphas_cumprod, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(s.alpha_bar.float(), ref.alphas_cumprod, rtol=1e-5, atol=1e-6)

@@ -171,7 +171,9 @@ class IndependentBases(nn.Module):
     def __init__(self, **bases: DiffusionBase):
         super().__init__()
         if not bases:
-            raise ValueError("IndependentBases needs at least one modality, e.g. audio=..., video=...")
+            raise ValueError(
+                "IndependentBases needs at least one modality, e.g. audio=..., video=..."
+            )
         self.names = tuple(bases)
         self.bases = nn.ModuleDict(bases)
 
@@ -189,8 +191,9 @@ class IndependentBases(nn.Module):
     def predict_noise(self, xs, t, conds=None):
         conds = conds or {}
         if self._shared_unconditional(xs, conds):  # one base for every modality: one forward
-            eps = self.bases[self.names[0]].predict_noise(torch.cat([xs[m] for m in self.names]),
-                                                          torch.cat([t] * len(self.names)))
+            eps = self.bases[self.names[0]].predict_noise(
+                torch.cat([xs[m] for m in self.names]), torch.cat([t] * len(self.names))
+            )
             return dict(zip(self.names, eps.chunk(len(self.names))))
         return {m: self.bases[m].predict_noise(xs[m], t, conds.get(m)) for m in self.names}
 

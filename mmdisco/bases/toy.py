@@ -35,7 +35,9 @@ class ToyDenoiser(ModelMixin, ConfigMixin):
     """MLP (16, 64, 256, 64, 16) with LayerNorm, SiLU and adaptive timestep input."""
 
     @register_to_config
-    def __init__(self, dim: int = 1, hidden: tuple[int, ...] = (16, 64, 256, 64, 16), time_dim: int = 256):
+    def __init__(
+        self, dim: int = 1, hidden: tuple[int, ...] = (16, 64, 256, 64, 16), time_dim: int = 256
+    ):
         super().__init__()
         self.net = AdaptiveMLP(dim, list(hidden), dim, time_dim)
 
@@ -80,30 +82,49 @@ class ToyBase(DiffusionBase):
 
 
 def train_toy_base(
-    peaks, std, num_samples, hidden, time_dim, num_train_timesteps, beta_start, beta_end,
-    train_steps, batch_size, lr, seed, progress=True,
+    peaks,
+    std,
+    num_samples,
+    hidden,
+    time_dim,
+    num_train_timesteps,
+    beta_start,
+    beta_end,
+    train_steps,
+    batch_size,
+    lr,
+    seed,
+    progress=True,
 ) -> ToyBase:
     """Train the 1-D base on ``num_samples`` draws of the 1-D mixture (paper: 500)."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     data = GaussianMixture(peaks, std).sample(num_samples, gen)
     scheduler = DDPMScheduler(
-        num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
-        beta_schedule="linear", clip_sample=False, prediction_type="epsilon",
+        num_train_timesteps=num_train_timesteps,
+        beta_start=beta_start,
+        beta_end=beta_end,
+        beta_schedule="linear",
+        clip_sample=False,
+        prediction_type="epsilon",
     )
     base = ToyBase(ToyDenoiser(1, tuple(hidden), time_dim), scheduler)
     train_denoiser(base, data, train_steps, batch_size, lr, gen, progress)
     return base.requires_grad_(False)
 
 
-def toy_bases(cache_dir: str, pretrained: str | None = None, progress: bool = True, **cfg) -> IndependentBases:
+def toy_bases(
+    cache_dir: str, pretrained: str | None = None, progress: bool = True, **cfg
+) -> IndependentBases:
     """The toy joint model: ONE 1-D base used for both coordinates (audio, video).
 
     With ``pretrained`` it is loaded; otherwise it is trained once and cached under
     ``cache_dir/toy-<hash of its config>``.
     """
     if pretrained is None:
-        key = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=list).encode()).hexdigest()[:12]
+        key = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=list).encode()).hexdigest()[
+            :12
+        ]
         pretrained = Path(cache_dir) / f"toy-{key}"
         if not pretrained.exists():
             base = train_toy_base(**cfg, progress=progress)

@@ -46,7 +46,9 @@ def train_denoiser(
         t = torch.randint(0, T, (batch_size,), generator=generator)
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
         x_t = base.schedule.add_noise(x0, noise, t)
-        loss = ((base.model_output(x_t, t, None) - regression_target(base, x0, noise, t)) ** 2).mean()
+        loss = (
+            (base.model_output(x_t, t, None) - regression_target(base, x0, noise, t)) ** 2
+        ).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -22,7 +22,9 @@ class GaussianMixture:
         if means.ndim == 1:
             means = means[:, None]
         if means.ndim != 2 or means.shape[0] == 0:
-            raise ValueError(f"peaks must be a non-empty list of points, got shape {tuple(means.shape)}")
+            raise ValueError(
+                f"peaks must be a non-empty list of points, got shape {tuple(means.shape)}"
+            )
         if not std > 0:
             raise ValueError(f"std must be positive, got {std}")
         self.means, self.std = means, float(std)
@@ -46,7 +48,9 @@ class GaussianMixture:
         x = torch.as_tensor(x, dtype=torch.float64).reshape(-1, self.dim)
         d2 = ((x[:, None, :] - self.means[None]) ** 2).sum(-1)  # (N, K)
         log_norm = -0.5 * self.dim * math.log(2 * math.pi * self.std**2)
-        return torch.logsumexp(-0.5 * d2 / self.std**2, dim=1) + log_norm - math.log(len(self.means))
+        return (
+            torch.logsumexp(-0.5 * d2 / self.std**2, dim=1) + log_norm - math.log(len(self.means))
+        )
 
     def marginal(self, dim: int) -> GaussianMixture:
         return GaussianMixture(self.means[:, dim : dim + 1], self.std)
@@ -68,25 +72,37 @@ class ToyPairs:
     pairs against the exact target density.
     """
 
-    def __init__(self, peaks, std: float = 0.1, num_samples: int = 500, seed: int = 0, name: str = "toy"):
+    def __init__(
+        self, peaks, std: float = 0.1, num_samples: int = 500, seed: int = 0, name: str = "toy"
+    ):
         peaks = _as_points(peaks)
         if peaks.shape[1] != 2:
             raise ValueError(
-                f"data.peaks must be a list of [audio, video] pairs; got points of length {peaks.shape[1]}"
+                "data.peaks must be a list of [audio, video] pairs; "
+                f"got points of length {peaks.shape[1]}"
             )
         if num_samples < 1:
             raise ValueError(f"data.num_samples must be >= 1, got {num_samples}")
         self.target = GaussianMixture(peaks, std)
         self.num_samples, self.seed, self.name = num_samples, seed, name
 
-    def real_pairs(self) -> dict[str, Tensor]:
+    def real_pairs(self, bases=None) -> dict[str, Tensor]:
+        """The paired training set; toy pairs live in data space, so ``bases`` is unused."""
         x = self.target.sample(self.num_samples, torch.Generator().manual_seed(self.seed))
         return {"audio": x[:, :1], "video": x[:, 1:]}
 
-    def evaluate(self, samples: dict[str, Tensor]) -> dict[str, float]:
+    def evaluate(self, path) -> dict[str, float]:
+        """Metrics of the pairs in a ``samples.npz`` written by scripts/sample.py."""
+        import numpy as np
+
         from mmdisco.metrics.toy import toy_metrics
 
-        return toy_metrics(torch.cat([samples["audio"], samples["video"]], dim=1), self.target)
+        with np.load(path) as f:
+            x = np.concatenate(
+                [f["audio"].reshape(len(f["audio"]), -1), f["video"].reshape(len(f["video"]), -1)],
+                1,
+            )
+        return toy_metrics(torch.from_numpy(x), self.target)
 
 
 def _as_points(peaks) -> Tensor:

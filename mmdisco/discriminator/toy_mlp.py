@@ -14,8 +14,13 @@ class ToyDiscriminator(nn.Module):
     Inputs: audio (B, 1), video (B, 1), t (B,) long. Output: (B,) logits.
     """
 
-    def __init__(self, hidden: tuple[int, ...] = (64, 32, 8), time_dim: int = 64, audio_dim: int = 1,
-                 video_dim: int = 1):
+    def __init__(
+        self,
+        hidden: tuple[int, ...] = (64, 32, 8),
+        time_dim: int = 64,
+        audio_dim: int = 1,
+        video_dim: int = 1,
+    ):
         super().__init__()
         self.net = AdaptiveMLP(audio_dim + video_dim, list(hidden), 1, time_dim)
 

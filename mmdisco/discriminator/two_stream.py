@@ -9,7 +9,7 @@ fusion head turns them into one logit.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -117,12 +117,15 @@ class ResBlock(nn.Module):
 
 class Stream(nn.Module):
     """One modality's encoder: a stem conv, then `blocks_per_level` ResBlocks per channel
-    multiplier with a downsampling ResBlock between levels (paper Table 6)."""
+    multiplier with a downsampling ResBlock between levels (paper Table 6).
+
+    ``conv(in, out, kernel_size, dilation)`` builds this modality's convs, ``down()`` its pooling.
+    """
 
     def __init__(
         self,
-        conv,
-        down,
+        conv: Callable[[int, int, int, int], nn.Module],
+        down: Callable[[], nn.Module],
         in_channels: int,
         channels: int,
         channel_mult: Sequence[int],
@@ -135,25 +138,22 @@ class Stream(nn.Module):
         ch = channels * channel_mult[0]
         self.stem = conv(in_channels, ch, 3, 1)
         self.blocks = nn.ModuleList()
+
+        def add_block(out: int, pool: nn.Module | None = None) -> None:
+            # the k-th block (k = 1, 2, ...) dilates by 2^(k mod max_dilation), as MM-Diffusion
+            dilation = 2 ** ((len(self.blocks) + 1) % max_dilation)
+            skip = nn.Identity() if ch == out else conv(ch, out, 1, 1)
+            self.blocks.append(
+                ResBlock(conv(ch, out, 3, dilation), conv(out, out, 1, 1), skip, ch, out,
+                         emb_dim, pool, norm_groups)  # fmt: skip
+            )
+
         for level, mult in enumerate(channel_mult):
-            last = level == len(channel_mult) - 1
-            for i in range(blocks_per_level + (0 if last else 1)):
-                out = ch if i == blocks_per_level else channels * mult
-                # dilation 2^(k mod max_dilation) for the k-th block, as MM-Diffusion's audio
-                dilation = 2 ** ((len(self.blocks) + 1) % max_dilation)
-                self.blocks.append(
-                    ResBlock(
-                        in_conv=conv(ch, out, 3, dilation),
-                        out_conv=conv(out, out, 1, 1),
-                        skip=nn.Identity() if ch == out else conv(ch, out, 1, 1),
-                        in_channels=ch,
-                        out_channels=out,
-                        emb_dim=emb_dim,
-                        down=down() if i == blocks_per_level else None,
-                        norm_groups=norm_groups,
-                    )
-                )
-                ch = out
+            for _ in range(blocks_per_level):
+                add_block(channels * mult)
+                ch = channels * mult
+            if level < len(channel_mult) - 1:
+                add_block(ch, down())
         self.out_channels = ch
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
@@ -204,7 +204,9 @@ class TransformerBlock(nn.Module):
 class MeanConcatHead(nn.Module):
     """"MLP" fusion (the paper's default): mean over time, concatenate [video, audio], MLP.
 
-    With ``hidden=()`` (the released models) the MLP is the single output Linear.
+    With ``hidden=()`` the MLP is the single output Linear, as in the official code, the
+    released models and the paper's parameter counts (Tables 6, 8, 9). That head is additive,
+    logit = f(v) + g(a), so d logit / d a does not depend on v; ``hidden`` adds SiLU layers.
     """
 
     def __init__(self, feat_dim: int, hidden: Sequence[int] = ()):
@@ -295,6 +297,8 @@ class TwoStreamDiscriminator(nn.Module):
              empty-prompt embedding passed the same way, as in the official code.
     Output: (B,) float32 logits. Features are pooled per stream to (B, T, C) and fused by
     ``fusion`` ("mlp" | "transformer" | "frieren"); the order inside the head is [video, audio].
+    The default "mlp" head with ``mlp_hidden=()`` is the paper's (one Linear, additive: see
+    ``MeanConcatHead``); give ``mlp_hidden`` or a transformer head for cross-modal terms.
 
     Released-checkpoint compatibility knobs (see ``mmdisco.discriminator.convert``):
     ``sinusoid="diffusers"`` uses diffusers' [sin, cos] timestep features instead of

@@ -1,0 +1,299 @@
+"""Tiny single-modality bases for the synthetic world of issue 5, trained from scratch.
+
+Each base is one small diffusers ``UNet2DModel`` that predicts x_0 ("sample" prediction: at
+this size eps-prediction gave no valid clip within minutes of CPU training, x_0-prediction
+does), wrapped by :class:`PackedUNet`, which folds the latent's leading axes into channels
+after a 2x2 pixel-unshuffle of its last two axes. Latents and codecs:
+
+- audio: a log-magnitude STFT, (B, 1, T=128, F=64), time before frequency as the
+  discriminator's 2-D audio stream expects. STFT of the 16 kHz waveform with a 512-sample
+  Hann window and hop 125 (frames 0..127 of 129), bins 0..63 (0 - 1969 Hz; the world's tones
+  are 330 - 1175 Hz). ``log(|S| + floor)`` is mapped linearly so that silence is -1 and the
+  world's loudest bin is about +1. Decoding inverts the map, zero-fills the dropped bins and
+  frame, and recovers a phase with Griffin-Lim (fast variant, momentum 0.99, zero-phase start,
+  so decoding is deterministic).
+- video: the frames themselves, uint8 (B, F, H, W, 3) <-> float (B, 3, F, H, W) in [-1, 1].
+
+Saved like a diffusers pipeline (``save_pretrained`` / ``from_pretrained``)::
+
+    <dir>/denoiser/{config.json, diffusion_pytorch_model.safetensors}   PackedUNet
+    <dir>/scheduler/scheduler_config.json                                DDPMScheduler
+    <dir>/codec/codec_config.json                                        the codec
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import ConfigMixin, DDPMScheduler, ModelMixin, UNet2DModel
+from diffusers.configuration_utils import register_to_config
+from torch import Tensor
+
+from mmdisco.bases.protocol import DiffusionBase
+from mmdisco.io import check_pretrained_dir
+from mmdisco.schedule import NoiseSchedule
+
+REQUIRED_FILES = (
+    "denoiser/config.json",
+    "denoiser/diffusion_pytorch_model.safetensors",
+    "scheduler/scheduler_config.json",
+    "codec/codec_config.json",
+)
+TRAIN_HINT = "Make it with `python scripts/train_base.py` (about 15 CPU-minutes for both bases)."
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+# -- the network ---------------------------------------------------------------------------
+class PackedUNet(ModelMixin, ConfigMixin):
+    """A UNet2DModel on a latent (B, *lead, H, W): lead axes folded into channels after a
+    ``unshuffle`` x ``unshuffle`` pixel-unshuffle of (H, W), unfolded again on the way out."""
+
+    @register_to_config
+    def __init__(
+        self,
+        latent_shape: tuple[int, ...] = (1, 128, 64),
+        unshuffle: int = 2,
+        block_out_channels: tuple[int, ...] = (64, 128, 128),
+        layers_per_block: int = 1,
+        norm_num_groups: int = 32,
+        mid_attention: bool = True,
+    ):
+        super().__init__()
+        *lead, h, w = latent_shape
+        if h % unshuffle or w % unshuffle:
+            raise ValueError(f"latent {latent_shape} is not divisible by unshuffle={unshuffle}")
+        channels = math.prod(lead) * unshuffle**2
+        levels = len(block_out_channels)
+        self.unet = UNet2DModel(
+            sample_size=(h // unshuffle, w // unshuffle),
+            in_channels=channels,
+            out_channels=channels,
+            block_out_channels=tuple(block_out_channels),
+            layers_per_block=layers_per_block,
+            down_block_types=("DownBlock2D",) * levels,
+            up_block_types=("UpBlock2D",) * levels,
+            norm_num_groups=norm_num_groups,
+            add_attention=mid_attention,
+            attention_head_dim=block_out_channels[-1],
+        )
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        r = self.config.unshuffle
+        h = F.pixel_unshuffle(x.flatten(1, -3), r)  # (B, prod(lead) r^2, H/r, W/r)
+        out = self.unet(h, t).sample  # (B, prod(lead) r^2, H/r, W/r)
+        return F.pixel_shuffle(out, r).reshape(x.shape)  # (B, *lead, H, W)
+
+
+# -- codecs ----------------------------------------------------------------------------------
+class LogSpectrogramCodec(ConfigMixin):
+    """Waveform (B, N) <-> normalised log-magnitude STFT (B, 1, T, F); Griffin-Lim to decode."""
+
+    config_name = "codec_config.json"
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_rate: int = 16_000,
+        num_samples: int = 16_000,
+        n_fft: int = 512,
+        hop_length: int = 125,
+        num_frames: int = 128,
+        num_bins: int = 64,
+        floor: float = 0.01,
+        log_max: float = math.log(64.0),
+        griffin_lim_iters: int = 32,
+        momentum: float = 0.99,
+    ):
+        super().__init__()
+        if num_bins > n_fft // 2 + 1 or num_frames > 1 + num_samples // hop_length:
+            raise ValueError("num_bins / num_frames exceed the STFT's bins / frames")
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return (1, self.config.num_frames, self.config.num_bins)
+
+    def _stft(self, wave: Tensor) -> Tensor:
+        c = self.config
+        window = torch.hann_window(c.n_fft, device=wave.device, dtype=wave.dtype)
+        return torch.stft(
+            wave, c.n_fft, c.hop_length, window=window, center=True, return_complex=True
+        )  # (B, n_fft/2 + 1, frames)
+
+    def _istft(self, spec: Tensor) -> Tensor:
+        c = self.config
+        window = torch.hann_window(c.n_fft, device=spec.device, dtype=spec.real.dtype)
+        return torch.istft(
+            spec, c.n_fft, c.hop_length, window=window, center=True, length=c.num_samples
+        )  # (B, N)
+
+    def encode(self, wave) -> Tensor:
+        """(B, N) float waveform -> (B, 1, T, F) in about [-1, 1] (silence is -1)."""
+        c = self.config
+        wave = torch.as_tensor(np.asarray(wave) if not isinstance(wave, Tensor) else wave)
+        if wave.ndim != 2 or wave.shape[1] != c.num_samples:
+            raise ValueError(f"audio must be (B, {c.num_samples}), got {tuple(wave.shape)}")
+        mag = self._stft(wave.float()).abs()[:, : c.num_bins, : c.num_frames]  # (B, F, T)
+        log_min = math.log(c.floor)
+        x = 2 * (torch.log(mag + c.floor) - log_min) / (c.log_max - log_min) - 1
+        return x.transpose(1, 2).unsqueeze(1)  # (B, 1, T, F)
+
+    def magnitude(self, latent: Tensor) -> Tensor:
+        """(B, 1, T, F) latent -> (B, n_fft/2 + 1, frames) magnitude, dropped parts zero."""
+        c = self.config
+        log_min = math.log(c.floor)
+        x = latent.float().clamp(-1, 1).squeeze(1).transpose(1, 2)  # (B, F, T)
+        mag = (torch.exp((x + 1) / 2 * (c.log_max - log_min) + log_min) - c.floor).clamp(min=0)
+        frames = 1 + c.num_samples // c.hop_length
+        return F.pad(mag, (0, frames - c.num_frames, 0, c.n_fft // 2 + 1 - c.num_bins))
+
+    def decode(self, latent: Tensor) -> Tensor:
+        """(B, 1, T, F) -> (B, N) float32 waveform via fast Griffin-Lim (Perraudin et al. 2013)."""
+        mag = self.magnitude(latent)
+        c = self.config
+        angles = torch.ones_like(mag, dtype=torch.complex64)  # zero phase: deterministic
+        previous = torch.zeros_like(angles)
+        for _ in range(c.griffin_lim_iters):
+            rebuilt = self._stft(self._istft(mag * angles))
+            angles = rebuilt - previous * (c.momentum / (1 + c.momentum))
+            angles = angles / (angles.abs() + 1e-16)
+            previous = rebuilt
+        return self._istft(mag * angles).clamp(-1, 1)
+
+
+class FrameCodec(ConfigMixin):
+    """uint8 frames (B, F, H, W, 3) <-> float (B, 3, F, H, W) in [-1, 1]."""
+
+    config_name = "codec_config.json"
+
+    @register_to_config
+    def __init__(self, num_frames: int = 8, height: int = 32, width: int = 32):
+        super().__init__()
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        c = self.config
+        return (3, c.num_frames, c.height, c.width)
+
+    def encode(self, frames) -> Tensor:
+        c = self.config
+        frames = torch.as_tensor(np.asarray(frames) if not isinstance(frames, Tensor) else frames)
+        if frames.shape[1:] != (c.num_frames, c.height, c.width, 3) or frames.dtype != torch.uint8:
+            raise ValueError(
+                f"video must be uint8 (B, {c.num_frames}, {c.height}, {c.width}, 3), "
+                f"got {frames.dtype} {tuple(frames.shape)}"
+            )
+        return frames.permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # (B, 3, F, H, W)
+
+    def decode(self, latent: Tensor) -> Tensor:
+        x = ((latent.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return x.permute(0, 2, 3, 4, 1).contiguous()  # (B, F, H, W, 3)
+
+
+# -- the bases -------------------------------------------------------------------------------
+def ddpm_scheduler(
+    beta_schedule: str = "linear",
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+    num_train_timesteps: int = 1000,
+) -> DDPMScheduler:
+    """The DDPM schedule both synthetic bases are trained with (x_0-prediction)."""
+    return DDPMScheduler(
+        num_train_timesteps=num_train_timesteps,
+        beta_schedule=beta_schedule,
+        beta_start=beta_start,
+        beta_end=beta_end,
+        clip_sample=False,
+        prediction_type="sample",
+    )
+
+
+def resolve_pretrained(path: str | Path) -> Path:
+    """A relative path that does not exist from the working directory is tried from the repo
+    root, so ``pretrained: assets/synthetic/audio`` works from anywhere."""
+    path = Path(path)
+    if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
+        return REPO_ROOT / path
+    return path
+
+
+class SyntheticBase(DiffusionBase):
+    """A data-space-like base with a codec: ``denoiser`` (PackedUNet), DDPM schedule, codec."""
+
+    codec_class: type[LogSpectrogramCodec] | type[FrameCodec]
+
+    def __init__(self, denoiser: PackedUNet, scheduler: DDPMScheduler, codec):
+        super().__init__()
+        if tuple(denoiser.config.latent_shape) != tuple(codec.latent_shape):
+            raise ValueError(
+                f"denoiser latent {tuple(denoiser.config.latent_shape)} does not match "
+                f"the codec's {tuple(codec.latent_shape)}"
+            )
+        self.denoiser = denoiser
+        self.codec = codec
+        self.scheduler_config = dict(scheduler.config)
+        self.schedule = NoiseSchedule.from_betas(scheduler.betas)
+        self.prediction_type = scheduler.config.prediction_type
+
+    @classmethod
+    def create(cls, codec: dict | None = None, scheduler: dict | None = None, **unet):
+        """An untrained base: codec kwargs, DDPM kwargs (``ddpm_scheduler``), PackedUNet kwargs."""
+        codec_obj = cls.codec_class(**(codec or {}))
+        denoiser = PackedUNet(latent_shape=codec_obj.latent_shape, **unet)
+        return cls(denoiser, ddpm_scheduler(**(scheduler or {})), codec_obj)
+
+    @classmethod
+    def from_pretrained(cls, pretrained: str | Path):
+        path = check_pretrained_dir(resolve_pretrained(pretrained), REQUIRED_FILES, TRAIN_HINT)
+        denoiser = PackedUNet.from_pretrained(path / "denoiser").float()
+        scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
+        codec = cls.codec_class.from_config(cls.codec_class.load_config(path / "codec"))
+        return cls(denoiser, scheduler, codec).eval().requires_grad_(False)
+
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype = torch.float32) -> None:
+        """Written to a temporary directory first, then moved into place; ``dtype`` is the
+        storage type of the weights (they load back as float32)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+        try:
+            original = next(self.denoiser.parameters()).dtype
+            self.denoiser.to(dtype).save_pretrained(tmp / "denoiser")
+            self.denoiser.to(original)
+            DDPMScheduler.from_config(self.scheduler_config).save_pretrained(tmp / "scheduler")
+            self.codec.save_config(tmp / "codec")
+            if path.exists():
+                shutil.rmtree(path)
+            tmp.rename(path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def model_output(self, x_t, t, emb):
+        return self.denoiser(x_t, t)
+
+    def sample_shape(self, batch_size: int) -> tuple[int, ...]:
+        return (batch_size, *self.denoiser.config.latent_shape)
+
+    def encode(self, media) -> Tensor:
+        param = next(self.denoiser.parameters())
+        return self.codec.encode(media).to(param.device, param.dtype)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        return self.codec.decode(latents.detach().cpu())
+
+
+class SyntheticAudioBase(SyntheticBase):
+    """Audio: float32 waveforms (B, 16000) at 16 kHz <-> log-STFT latents (B, 1, 128, 64)."""
+
+    codec_class = LogSpectrogramCodec
+
+
+class SyntheticVideoBase(SyntheticBase):
+    """Video: uint8 frames (B, 8, 32, 32, 3) <-> latents (B, 3, 8, 32, 32) in [-1, 1]."""
+
+    codec_class = FrameCodec

@@ -1,0 +1,106 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mmdisco import IndependentBases, JointLoss
+from mmdisco.bases.protocol import DiffusionBase
+from mmdisco.schedule import NoiseSchedule
+
+
+class ZeroBase(DiffusionBase):
+    def __init__(self):
+        super().__init__()
+        self.schedule = NoiseSchedule.ddpm("linear", 100, 1e-4, 0.02)
+
+    def model_output(self, x_t, t, emb):
+        return torch.zeros_like(x_t)
+
+    def sample_shape(self, b):
+        return (b, 1)
+
+
+class ConstantD(nn.Module):
+    def __init__(self, value):
+        super().__init__()
+        self.b = nn.Parameter(torch.tensor(float(value)))
+
+    def forward(self, audio, video, t, cond=None):
+        return self.b + 0 * (audio.sum(1) + video.sum(1))
+
+
+class ProductD(nn.Module):
+    """logit = w * a * v: its parameter reaches L_DSM only through d logit / d input."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(0.7))
+
+    def forward(self, audio, video, t, cond=None):
+        return self.w * (audio * video).sum(1)
+
+
+def pairs(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return {"audio": torch.randn(n, 1, generator=g), "video": torch.randn(n, 1, generator=g)}
+
+
+@pytest.fixture
+def bases():
+    b = ZeroBase()
+    return IndependentBases(audio=b, video=b)
+
+
+def test_bce_terms_equal_hand_computed_values(bases):
+    out = JointLoss(bce=True, lambda_dsm=0)(ConstantD(0.5), bases, pairs(8, 0), pairs(8, 1))
+    sp = lambda x: math.log1p(math.exp(x))  # noqa: E731  softplus
+    assert out["l_d"].item() == pytest.approx(
+        sp(-0.5) + sp(0.5), rel=1e-6
+    )  # -log D(real) - log(1-D(fake))
+    assert out["loss"].item() == pytest.approx(out["l_d"].item())
+    assert out["acc_real"].item() == 1.0 and out["acc_fake"].item() == 0.0
+
+
+def test_dsm_with_zero_discriminator_is_the_noise_energy(bases):
+    # eps_base = 0 and r = 0, so L_DSM = E|noise_a|^2 + E|noise_v|^2 = 2 (up to sampling error)
+    out = JointLoss(bce=False, lambda_dsm=1.0)(ConstantD(0.0), bases, pairs(20000, 0), pairs(4, 1))
+    assert out["l_dsm"].item() == pytest.approx(2.0, abs=0.05)
+    assert out["loss"].item() == pytest.approx(out["l_dsm"].item())
+
+
+def test_dsm_gradient_reaches_parameters_through_input_gradient(bases):
+    """Autograd gradient of L_DSM w.r.t. w equals a finite difference with the same draws."""
+    d, real, fake = ProductD(), pairs(64, 0), pairs(64, 1)
+    loss = JointLoss(bce=False, lambda_dsm=2.0)
+
+    def value(w):
+        with torch.no_grad():
+            d.w.fill_(w)
+        return loss(d, bases, real, fake, generator=torch.Generator().manual_seed(5))["loss"]
+
+    out = value(0.7)
+    (grad,) = torch.autograd.grad(out, d.w)
+    h = 1e-3
+    fd = (value(0.7 + h).item() - value(0.7 - h).item()) / (2 * h)
+    assert abs(grad.item()) > 1e-3
+    assert grad.item() == pytest.approx(fd, rel=1e-3)
+
+
+def test_switches_and_bad_values():
+    assert JointLoss(bce=False, lambda_dsm=1.0).bce is False
+    with pytest.raises(ValueError, match="trains nothing"):
+        JointLoss(bce=False, lambda_dsm=0.0)
+    with pytest.raises(ValueError, match="lambda_dsm"):
+        JointLoss(lambda_dsm=-1.0)
+
+
+def test_ld_only_does_not_touch_the_bases(bases):
+    calls = []
+    base = bases["audio"]
+    original = base.model_output
+    base.model_output = lambda *a: calls.append(1) or original(*a)
+    JointLoss(bce=True, lambda_dsm=0.0)(ConstantD(0.1), bases, pairs(4, 0), pairs(4, 1))
+    assert calls == []
+    JointLoss(bce=True, lambda_dsm=1.0)(ConstantD(0.1), bases, pairs(4, 0), pairs(4, 1))
+    assert calls  # L_DSM needs the base noise on real pairs
