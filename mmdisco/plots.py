@@ -45,3 +45,23 @@ def training_curves(csv_path, png_path, keys=("loss", "l_d", "l_dsm", "acc_real"
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
+
+
+def toy_grid(path, rows: list[list[tuple[str, np.ndarray]]], targets: list, lim: float = 4.0):
+    """One row per target, one panel per method: samples (N, 2) over target contours."""
+    nr, nc = len(rows), max(len(r) for r in rows)
+    fig, axes = plt.subplots(nr, nc, figsize=(2.6 * nc, 2.6 * nr), squeeze=False)
+    g = np.linspace(-lim, lim, 200)
+    xx, yy = np.meshgrid(g, g)
+    pts = torch.tensor(np.stack([xx.ravel(), yy.ravel()], 1))
+    for r, (row, target) in enumerate(zip(rows, targets)):
+        logp = target.log_prob(pts).numpy().reshape(xx.shape)
+        for c, (title, samples) in enumerate(row):
+            ax = axes[r][c]
+            ax.contour(xx, yy, np.maximum(logp, -20), levels=6, cmap="Greys", linewidths=0.5)
+            ax.scatter(samples[:, 0], samples[:, 1], s=0.8, alpha=0.35, color="tab:blue")
+            ax.set(xlim=(-lim, lim), ylim=(-lim, lim), xticks=[], yticks=[], title=title)
+            ax.set_aspect("equal")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -4,7 +4,10 @@
     python scripts/sample.py run_dir=runs/toy_ind guided=false      # "no joint" baseline
     python scripts/sample.py run_dir=runs/toy_ind sampler.solver=ddim sampler.num_steps=50
 
-Writes ``samples.npz`` (one array per modality) and, for 2-D toy pairs, a scatter PNG.
+Bases that decode to media (an audio base with ``sample_rate``, a video base with ``fps``):
+one mp4 with sound per pair in ``run_dir/guided/`` (``unguided/`` with guided=false), named by
+the pair's index, so the same name in both folders means the same seed and initial noise.
+Data-space bases (the toy): ``samples.npz`` (one array per modality) and a scatter PNG.
 """
 
 from __future__ import annotations
@@ -29,16 +32,51 @@ def main(cfg: DictConfig) -> None:
     samples = sample_in_batches(
         sampler, cfg.num_samples, cfg.batch_size, cfg.seed, device, cfg.progress
     )
+    if decodes_to_media(run.bases):
+        out = Path(cfg.run_dir) / (cfg.out or ("guided" if cfg.guided else "unguided"))
+        write_mp4s(run.bases, samples, out, cfg.progress)
+    else:
+        out = Path(cfg.run_dir) / (
+            cfg.out or ("samples.npz" if cfg.guided else "samples_nojoint.npz")
+        )
+        write_npz(run, samples, out, "guided" if cfg.guided else "no joint")
 
-    out = Path(cfg.run_dir) / (cfg.out or ("samples.npz" if cfg.guided else "samples_nojoint.npz"))
+
+def decodes_to_media(bases) -> bool:
+    return bool(
+        getattr(bases["audio"], "sample_rate", None) and getattr(bases["video"], "fps", None)
+    )
+
+
+def write_mp4s(bases, samples, out: Path, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    from mmdisco.media import write_video_with_audio
+
+    audio, video = bases["audio"], bases["video"]
+    out.mkdir(parents=True, exist_ok=True)
+    n = len(samples["audio"])
+    for i in tqdm(range(n), disable=not progress, desc="decoding"):
+        wave = audio.decode(samples["audio"][i : i + 1].to(audio.device))[0]
+        frames = video.decode(samples["video"][i : i + 1].to(video.device))[0]
+        write_video_with_audio(
+            out / f"{i:05d}.mp4",
+            frames.cpu().numpy(),
+            video.fps,
+            wave.cpu().numpy(),
+            audio.sample_rate,
+        )
+    print(f"wrote {n} mp4 files with sound to {out}")
+
+
+def write_npz(run, samples, out: Path, title: str) -> None:
     arrays = {m: x.numpy() for m, x in samples.items()}
     np.savez(out, **arrays)
     print(f"wrote {out} " + " ".join(f"{m}{tuple(a.shape)}" for m, a in arrays.items()))
     if all(a.ndim == 2 and a.shape[1] == 1 for a in arrays.values()):
-        target = getattr(run.data, "target", None)
         pts = np.concatenate([arrays["audio"], arrays["video"]], axis=1)
-        title = f"{run.cfg.data.name}: {'guided' if cfg.guided else 'no joint'}"
-        toy_scatter(out.with_suffix(".png"), pts, target, title)
+        target = getattr(run.data, "target", None)
+        toy_scatter(out.with_suffix(".png"), pts, target, f"{run.cfg.data.name}: {title}")
 
 
 if __name__ == "__main__":

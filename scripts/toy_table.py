@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "outputs" / "toy_table"
 VARIANTS = {  # name -> loss overrides
@@ -36,25 +38,70 @@ def metrics(run_dir: Path, samples: str) -> dict:
     return json.loads((run_dir / f"{Path(samples).stem}_metrics.json").read_text())
 
 
+def run_dir_of(data: str, variant: str) -> Path:
+    return OUT / f"{data}_{variant.replace(' ', '').replace('+', '_')}"
+
+
 def main(argv: list[str]) -> None:
     num = next((a.split("=", 1)[1] for a in argv if a.startswith("num_samples=")), "4000")
     extra = [a for a in argv if not a.startswith("num_samples=")]
-    rows, start = [], time.time()
-    for label, data in DATASETS.items():
+    start = time.time()
+    for data in DATASETS.values():
         for i, (variant, loss) in enumerate(VARIANTS.items()):
-            run_dir = OUT / f"{data}_{variant.replace(' ', '').replace('+', '_')}"
+            run_dir = run_dir_of(data, variant)
             run("train.py", "base=toy", f"data={data}", f"run_dir={run_dir}", *loss, *extra)
             if i == 0:  # "no joint": the same bases, no discriminator
                 run("sample.py", f"run_dir={run_dir}", f"num_samples={num}", "guided=false")
                 run("evaluate.py", f"run_dir={run_dir}", "samples=samples_nojoint.npz")
-                rows.append((label, "no joint", metrics(run_dir, "samples_nojoint.npz")))
             run("sample.py", f"run_dir={run_dir}", f"num_samples={num}")
             run("evaluate.py", f"run_dir={run_dir}")
-            rows.append((label, variant, metrics(run_dir, "samples.npz")))
     minutes = (time.time() - start) / 60
+    rows = collect(int(num))
     table = render(rows, minutes, argv)
     (OUT / "table.md").write_text(table)
+    figure()
     print(table)
+
+
+def collect(num: int) -> list:
+    """Rows of the table from the runs' metrics, with ground-truth samples for reference."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from mmdisco.metrics.toy import toy_metrics
+
+    rows = []
+    for label, data in DATASETS.items():
+        first = run_dir_of(data, next(iter(VARIANTS)))
+        target = instantiate(OmegaConf.load(first / "config.yaml").data).target
+        gt = target.sample(num, torch.Generator().manual_seed(12345))
+        rows.append((label, "GT samples", toy_metrics(gt, target)))
+        rows.append((label, "no joint", metrics(first, "samples_nojoint.npz")))
+        for variant in VARIANTS:
+            rows.append((label, variant, metrics(run_dir_of(data, variant), "samples.npz")))
+    return rows
+
+
+def figure() -> None:
+    """outputs/toy_table/toy_grid.png: rows IND / OOD, columns no joint and the three losses."""
+    import numpy as np
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from mmdisco.plots import toy_grid
+
+    def load(path):
+        with np.load(path) as f:
+            return np.concatenate([f["audio"], f["video"]], axis=1)
+
+    rows, targets = [], []
+    for label, data in DATASETS.items():
+        dirs = [run_dir_of(data, v) for v in VARIANTS]
+        row = [(f"{label}: no joint", load(dirs[0] / "samples_nojoint.npz"))]
+        row += [(f"{label}: {v}", load(d / "samples.npz")) for v, d in zip(VARIANTS, dirs)]
+        rows.append(row)
+        targets.append(instantiate(OmegaConf.load(dirs[0] / "config.yaml").data).target)
+    toy_grid(OUT / "toy_grid.png", rows, targets)
 
 
 def render(rows, minutes: float, argv: list[str]) -> str:

@@ -87,6 +87,12 @@ class DiffusionBase(nn.Module):
 
     schedule: NoiseSchedule
     prediction_type: str = "epsilon"
+    sample_rate: int | None = None  # audio bases: rate of the waveform ``decode`` returns
+    fps: float | None = None  # video bases: frame rate of the frames ``decode`` returns
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
 
     def model_output(self, x_t: Tensor, t: Tensor, emb: Any) -> Tensor:  # pragma: no cover
         raise NotImplementedError

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from mmdisco.bases.protocol import DiffusionBase
 from mmdisco.io import check_pretrained_dir
-from mmdisco.schedule import NoiseSchedule
+from mmdisco.schedule import NoiseSchedule, expand_as
 
 REQUIRED_FILES = (
     "denoiser/config.json",
@@ -63,6 +63,8 @@ class PackedUNet(ModelMixin, ConfigMixin):
         layers_per_block: int = 1,
         norm_num_groups: int = 32,
         mid_attention: bool = True,
+        data_mean: float = 0.0,
+        sigma_data: float = 0.5,
     ):
         super().__init__()
         *lead, h, w = latent_shape
@@ -83,11 +85,17 @@ class PackedUNet(ModelMixin, ConfigMixin):
             attention_head_dim=block_out_channels[-1],
         )
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x_t: Tensor, t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """x_0 estimate from x_t = alpha x_0 + sigma eps (alpha, sigma broadcast like x_t)."""
+        mean, sd = self.config.data_mean, self.config.sigma_data
+        x_t = x_t - alpha * mean  # x_t of the centred data x_0 - mean
+        norm = (alpha**2 * sd**2 + sigma**2).sqrt()
+        c_skip, c_out, c_in = alpha * sd**2 / norm**2, sigma * sd / norm, 1 / norm
         r = self.config.unshuffle
-        h = F.pixel_unshuffle(x.flatten(1, -3), r)  # (B, prod(lead) r^2, H/r, W/r)
+        h = F.pixel_unshuffle((c_in * x_t).flatten(1, -3), r)  # (B, prod(lead) r^2, H/r, W/r)
         out = self.unet(h, t).sample  # (B, prod(lead) r^2, H/r, W/r)
-        return F.pixel_shuffle(out, r).reshape(x.shape)  # (B, *lead, H, W)
+        out = F.pixel_shuffle(out, r).reshape(x_t.shape)  # (B, *lead, H, W)
+        return mean + c_skip * x_t + c_out * out
 
 
 # -- codecs ----------------------------------------------------------------------------------
@@ -167,18 +175,24 @@ class LogSpectrogramCodec(ConfigMixin):
 
 
 class FrameCodec(ConfigMixin):
-    """uint8 frames (B, F, H, W, 3) <-> float (B, 3, F, H, W) in [-1, 1]."""
+    """uint8 frames (B, F, H, W, 3) <-> float (B, 3, F, H/d, W/d) in [-1, 1], d = ``downsample``.
+
+    Encoding averages d x d pixel blocks; decoding upsamples bilinearly (d = 1: lossless up to
+    the uint8 rounding).
+    """
 
     config_name = "codec_config.json"
 
     @register_to_config
-    def __init__(self, num_frames: int = 8, height: int = 32, width: int = 32):
+    def __init__(self, num_frames: int = 8, height: int = 32, width: int = 32, downsample: int = 1):
         super().__init__()
+        if height % downsample or width % downsample:
+            raise ValueError(f"{height}x{width} frames are not divisible by {downsample}")
 
     @property
     def latent_shape(self) -> tuple[int, int, int, int]:
         c = self.config
-        return (3, c.num_frames, c.height, c.width)
+        return (3, c.num_frames, c.height // c.downsample, c.width // c.downsample)
 
     def encode(self, frames) -> Tensor:
         c = self.config
@@ -188,11 +202,20 @@ class FrameCodec(ConfigMixin):
                 f"video must be uint8 (B, {c.num_frames}, {c.height}, {c.width}, 3), "
                 f"got {frames.dtype} {tuple(frames.shape)}"
             )
-        return frames.permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # (B, 3, F, H, W)
+        x = frames.permute(0, 1, 4, 2, 3).float() / 127.5 - 1  # (B, F, 3, H, W)
+        x = F.avg_pool2d(x.flatten(0, 1), c.downsample)  # (B*F, 3, H/d, W/d)
+        return x.unflatten(0, frames.shape[:2]).transpose(1, 2)  # (B, 3, F, H/d, W/d)
 
     def decode(self, latent: Tensor) -> Tensor:
-        x = ((latent.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return x.permute(0, 2, 3, 4, 1).contiguous()  # (B, F, H, W, 3)
+        """(B, 3, F, H/d, W/d) -> uint8 (B, F, H, W, 3)."""
+        c = self.config
+        x = latent.float().transpose(1, 2)  # (B, F, 3, H/d, W/d)
+        if c.downsample > 1:
+            x = F.interpolate(
+                x.flatten(0, 1), scale_factor=c.downsample, mode="bilinear", align_corners=False
+            ).unflatten(0, x.shape[:2])  # (B, F, 3, H, W)
+        x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return x.permute(0, 1, 3, 4, 2).contiguous()  # (B, F, H, W, 3)
 
 
 # -- the bases -------------------------------------------------------------------------------
@@ -274,7 +297,8 @@ class SyntheticBase(DiffusionBase):
             shutil.rmtree(tmp, ignore_errors=True)
 
     def model_output(self, x_t, t, emb):
-        return self.denoiser(x_t, t)
+        alpha, sigma = (expand_as(c, x_t) for c in self.schedule.coefficients(t))
+        return self.denoiser(x_t, t, alpha, sigma)
 
     def sample_shape(self, batch_size: int) -> tuple[int, ...]:
         return (batch_size, *self.denoiser.config.latent_shape)
