@@ -23,6 +23,7 @@ Saved like a diffusers pipeline (``save_pretrained`` / ``from_pretrained``)::
 
 from __future__ import annotations
 
+import copy
 import math
 import shutil
 import tempfile
@@ -51,14 +52,24 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # -- the network ---------------------------------------------------------------------------
 class PackedUNet(ModelMixin, ConfigMixin):
-    """A UNet2DModel on a latent (B, *lead, H, W): lead axes folded into channels after a
-    ``unshuffle`` x ``unshuffle`` pixel-unshuffle of (H, W), unfolded again on the way out."""
+    """An x_0 denoiser: a UNet2DModel on a latent (B, *axes) seen as a 2-D image.
+
+    ``image_axes`` (two indices into ``latent_shape``) are the image's rows and columns, each
+    pixel-unshuffled by ``unshuffle``; every other latent axis is folded into channels. E.g.
+    video (3, F, H, W) with image_axes (1, 2) is an (F, H) image with 3 * W channels, so the
+    convolutions slide along time and are equivariant to when things happen.
+
+    EDM preconditioning (Karras et al. 2022, Table 1) around ``data_mean`` / ``sigma_data``,
+    written for x_t = alpha x_0 + sigma eps:
+    x_0 = mean + c_skip (x_t - alpha mean) + c_out UNet(c_in (x_t - alpha mean), t).
+    """
 
     @register_to_config
     def __init__(
         self,
-        latent_shape: tuple[int, ...] = (1, 128, 64),
-        unshuffle: int = 2,
+        latent_shape: tuple[int, ...] = (1, 64, 64),
+        image_axes: tuple[int, int] = (1, 2),
+        unshuffle: int = 1,
         block_out_channels: tuple[int, ...] = (64, 128, 128),
         layers_per_block: int = 1,
         norm_num_groups: int = 32,
@@ -67,13 +78,16 @@ class PackedUNet(ModelMixin, ConfigMixin):
         sigma_data: float = 0.5,
     ):
         super().__init__()
-        *lead, h, w = latent_shape
-        if h % unshuffle or w % unshuffle:
-            raise ValueError(f"latent {latent_shape} is not divisible by unshuffle={unshuffle}")
-        channels = math.prod(lead) * unshuffle**2
+        rows, cols = (latent_shape[a] for a in image_axes)
+        if rows % unshuffle or cols % unshuffle or image_axes[0] >= image_axes[1]:
+            raise ValueError(
+                f"image axes {image_axes} of latent {latent_shape} must be increasing and "
+                f"divisible by unshuffle={unshuffle}"
+            )
+        channels = math.prod(latent_shape) // (rows * cols) * unshuffle**2
         levels = len(block_out_channels)
         self.unet = UNet2DModel(
-            sample_size=(h // unshuffle, w // unshuffle),
+            sample_size=(rows // unshuffle, cols // unshuffle),
             in_channels=channels,
             out_channels=channels,
             block_out_channels=tuple(block_out_channels),
@@ -85,16 +99,35 @@ class PackedUNet(ModelMixin, ConfigMixin):
             attention_head_dim=block_out_channels[-1],
         )
 
+    def _image_dims(self) -> tuple[int, int]:
+        return tuple(1 + a for a in self.config.image_axes)  # with the batch axis in front
+
+    def pack(self, x: Tensor) -> Tensor:
+        """(B, *latent_shape) -> (B, channels, rows / r, cols / r)."""
+        x = x.movedim(self._image_dims(), (-2, -1)).flatten(1, -3)  # (B, C', rows, cols)
+        return F.pixel_unshuffle(x, self.config.unshuffle)
+
+    def unpack(self, h: Tensor) -> Tensor:
+        """Inverse of :meth:`pack`."""
+        x = F.pixel_shuffle(h, self.config.unshuffle)  # (B, C', rows, cols)
+        shape = list(self.config.latent_shape)
+        rows_cols = [shape.pop(a) for a in reversed(self.config.image_axes)][::-1]
+        x = x.reshape(x.shape[0], *shape, *rows_cols)  # (B, *other axes, rows, cols)
+        return x.movedim((-2, -1), self._image_dims())  # (B, *latent_shape)
+
+    def loss_weight(self, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """1 / c_out^2: weights ||x_0_hat - x_0||^2 so the UNet's own target has unit variance
+        at every noise level (EDM's lambda(sigma))."""
+        sd = self.config.sigma_data
+        return (alpha**2 * sd**2 + sigma**2) / (sigma * sd) ** 2
+
     def forward(self, x_t: Tensor, t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
         """x_0 estimate from x_t = alpha x_0 + sigma eps (alpha, sigma broadcast like x_t)."""
         mean, sd = self.config.data_mean, self.config.sigma_data
         x_t = x_t - alpha * mean  # x_t of the centred data x_0 - mean
         norm = (alpha**2 * sd**2 + sigma**2).sqrt()
         c_skip, c_out, c_in = alpha * sd**2 / norm**2, sigma * sd / norm, 1 / norm
-        r = self.config.unshuffle
-        h = F.pixel_unshuffle((c_in * x_t).flatten(1, -3), r)  # (B, prod(lead) r^2, H/r, W/r)
-        out = self.unet(h, t).sample  # (B, prod(lead) r^2, H/r, W/r)
-        out = F.pixel_shuffle(out, r).reshape(x_t.shape)  # (B, *lead, H, W)
+        out = self.unpack(self.unet(self.pack(c_in * x_t), t).sample)  # (B, *latent_shape)
         return mean + c_skip * x_t + c_out * out
 
 
@@ -285,9 +318,10 @@ class SyntheticBase(DiffusionBase):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
         try:
-            original = next(self.denoiser.parameters()).dtype
-            self.denoiser.to(dtype).save_pretrained(tmp / "denoiser")
-            self.denoiser.to(original)
+            denoiser = self.denoiser
+            if next(denoiser.parameters()).dtype != dtype:
+                denoiser = copy.deepcopy(denoiser).to(dtype)
+            denoiser.save_pretrained(tmp / "denoiser")
             DDPMScheduler.from_config(self.scheduler_config).save_pretrained(tmp / "scheduler")
             self.codec.save_config(tmp / "codec")
             if path.exists():
@@ -302,6 +336,12 @@ class SyntheticBase(DiffusionBase):
 
     def sample_shape(self, batch_size: int) -> tuple[int, ...]:
         return (batch_size, *self.denoiser.config.latent_shape)
+
+    def denoising_loss(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """E ||x_0_hat(x_t, t) - x_0||^2 / c_out^2 at x_t = alpha_t x_0 + sigma_t noise."""
+        alpha, sigma = (expand_as(c, x0) for c in self.schedule.coefficients(t))
+        x0_hat = self.denoiser(alpha * x0 + sigma * noise, t, alpha, sigma)
+        return (self.denoiser.loss_weight(alpha, sigma) * (x0_hat - x0) ** 2).mean()
 
     def encode(self, media) -> Tensor:
         param = next(self.denoiser.parameters())

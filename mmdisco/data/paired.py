@@ -46,8 +46,8 @@ def read_clip(path: Path) -> tuple[np.ndarray, np.ndarray]:
     expected = (NUM_FRAMES, FRAME_SIZE, FRAME_SIZE, 3)
     if frames.shape != expected or audio.shape != (NUM_SAMPLES,):
         raise MediaError(
-            path, f"frames {frames.shape} / audio {audio.shape}, expected {expected} / "
-            f"({NUM_SAMPLES},)"
+            path,
+            f"frames {frames.shape} / audio {audio.shape}, expected {expected} / ({NUM_SAMPLES},)",
         )
     return frames, audio
 
@@ -109,8 +109,9 @@ class SyntheticPairs:
             audio.append(a)
             kept.append(row)
         if self.skipped:
-            log.warning("skipped %d of %d clips in %s", len(self.skipped), self.num_clips,
-                        self.data_dir)
+            log.warning(
+                "skipped %d of %d clips in %s", len(self.skipped), self.num_clips, self.data_dir
+            )
         if not kept:
             raise RuntimeError(f"no readable clip in {self.data_dir} ({len(self.skipped)} skipped)")
         return np.stack(frames), np.stack(audio), kept
