@@ -1,5 +1,6 @@
 """The synthetic world's bases: save/load, codecs, shapes, eps conversion, shipped weights."""
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from mmdisco.bases.synthetic import (
     REQUIRED_FILES,
     FrameCodec,
     LogSpectrogramCodec,
+    PackedUNet,
     SyntheticAudioBase,
     SyntheticVideoBase,
 )
@@ -20,7 +22,8 @@ from mmdisco.metrics.synthetic import decode_audio, decode_video
 from mmdisco.sampling import JointSampler
 
 TINY = dict(block_out_channels=(8, 16), norm_num_groups=4, mid_attention=False)
-SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "synthetic"
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "assets" / "synthetic"
 CLIPS = [(0, 1, (6, 6)), (1, 3, (25, 12)), (2, 5, (15, 20)), (3, 6, (10, 25))]
 
 
@@ -161,6 +164,37 @@ def test_to_eps_inverts_the_x0_prediction(gen):
     assert torch.allclose(base.to_eps(x0, x_t, t), noise, atol=1e-3)
 
 
+@pytest.mark.parametrize(
+    "shape, axes, r, packed",
+    [
+        ((3, 8, 16, 16), (1, 2), 1, (48, 8, 16)),  # (F, H) image, colour x columns as channels
+        ((3, 8, 16, 16), (2, 3), 1, (24, 16, 16)),  # frames in channels
+        ((1, 64, 64), (1, 2), 4, (16, 16, 16)),  # (T, F) image, 4x4 unshuffle
+    ],
+)
+def test_packed_unet_pack_unpack(shape, axes, r, packed, gen):
+    net = PackedUNet(latent_shape=shape, image_axes=axes, unshuffle=r, **TINY)
+    x = torch.randn(2, *shape, generator=gen)
+    h = net.pack(x)
+    assert h.shape == (2, *packed)
+    assert torch.equal(net.unpack(h), x)
+    if axes == (1, 2) and len(shape) == 4:  # pixel (f, y) of channel (c, w) is x[c, f, y, w]
+        assert torch.equal(h[:, 2 * 16 + 3, 6, 1], x[:, 2, 6, 1, 3])
+
+
+def test_denoising_loss_is_min_snr_weighted_x0_error(gen):
+    base = tiny(SyntheticAudioBase)
+    x0 = torch.rand(2, *base.sample_shape(1)[1:], generator=gen) * 2 - 1
+    noise = torch.randn(x0.shape, generator=gen)
+    for step, weight in ((999, 4.0e-5), (5, 5.0)):  # SNR at t = 999; capped at 5 near t = 0
+        t = torch.full((2,), step)
+        alpha, sigma = (float(c[0]) for c in base.schedule.coefficients(t))
+        assert min(alpha**2 / sigma**2, 5.0) == pytest.approx(weight, rel=0.05)
+        x0_hat = base.model_output(alpha * x0 + sigma * noise, t, None)
+        expected = min(alpha**2 / sigma**2, 5.0) * ((x0_hat - x0) ** 2).mean()
+        assert torch.allclose(base.denoising_loss(x0, noise, t, snr_gamma=5.0), expected)
+
+
 def test_sampling_and_decoding_shapes(gen):
     bases = IndependentBases(audio=tiny(SyntheticAudioBase), video=tiny(SyntheticVideoBase))
     out = JointSampler(bases, solver="ddim", num_steps=2).sample(2, generator=gen)
@@ -187,3 +221,25 @@ def test_shipped_bases_generate_valid_clips():
     video = [decode_video(v) for v in bases["video"].decode(out["video"]).numpy()]
     assert sum(d.valid for d in audio) >= n - 2, [d.reason for d in audio]
     assert sum(d.valid for d in video) >= n - 3, [d.reason for d in video]
+
+
+def test_train_base_script_end_to_end(tmp_path):
+    """scripts/train_base.py: data set -> two bases trained (2 steps) -> saved -> evaluated."""
+    spec = importlib.util.spec_from_file_location("train_base", ROOT / "scripts" / "train_base.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    common = [
+        *("--data-dir", str(tmp_path / "data"), "--num-clips", "4"),
+        *("--out", str(tmp_path / "bases"), "--eval-dir", str(tmp_path / "eval")),
+        *("--num-eval", "2", "--sample-steps", "2", "--no-progress"),
+    ]
+    summary = script.main([*common, "--audio-steps", "2", "--video-steps", "2"])
+    assert set(summary) == {"audio", "video", "timings"}
+    assert 0.0 <= summary["audio"]["valid"] <= 1.0 and 0.0 <= summary["video"]["valid"] <= 1.0
+    assert len(list((tmp_path / "eval").glob("*.mp4"))) == 2
+    video = SyntheticVideoBase.from_pretrained(tmp_path / "bases" / "video")
+    assert video.denoiser.config.data_mean == pytest.approx(-0.95, abs=0.03)  # mostly black
+    again = script.main([*common, "--eval-only"])
+    assert "audio_train_s" not in again["timings"]
+    with pytest.raises(SystemExit, match="no saved base"):
+        script.main([*common, "--eval-only", "--out", str(tmp_path / "none")])
