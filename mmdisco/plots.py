@@ -65,3 +65,38 @@ def toy_grid(path, rows: list[list[tuple[str, np.ndarray]]], targets: list, lim:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def media_pairs(path, rows: list[tuple[str, str]], max_frames: int = 8, n_fft: int = 512):
+    """One row per (label, mp4 path): its first ``max_frames`` frames, then the log-magnitude
+    spectrogram (Hann window ``n_fft``, hop n_fft / 4) of its sound, read back from the file."""
+    from mmdisco.media import read_video_with_audio
+
+    fig, axes = plt.subplots(
+        len(rows), max_frames + 1, figsize=(1.1 * max_frames + 3.2, 1.35 * len(rows)),
+        gridspec_kw={"width_ratios": [1] * max_frames + [3]}, squeeze=False,
+    )  # fmt: skip
+    for (label, mp4), ax_row in zip(rows, axes):
+        frames, fps, audio, sr = read_video_with_audio(mp4, mono=True)
+        for i, ax in enumerate(ax_row[:max_frames]):
+            ax.set_axis_off()
+            if i < len(frames):
+                ax.imshow(frames[i])
+                ax.set_title(f"{i / fps:.3f} s", fontsize=6)
+        window = torch.hann_window(n_fft)
+        spec = torch.stft(torch.from_numpy(audio), n_fft, n_fft // 4, window=window,
+                          return_complex=True).abs()  # fmt: skip
+        ax = ax_row[-1]
+        ax.imshow(
+            (spec + 1e-3).log10().numpy(), origin="lower", aspect="auto", cmap="magma",
+            extent=(0, len(audio) / sr, 0, sr / 2000),
+        )  # fmt: skip
+        ax.set_ylim(0, 2.0)
+        ax.set_ylabel("kHz", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax_row[0].text(-0.15, 0.5, label, transform=ax_row[0].transAxes, ha="right",
+                       va="center", fontsize=8)  # fmt: skip
+    axes[-1, -1].set_xlabel("time (s)", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)

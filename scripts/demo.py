@@ -1,42 +1,63 @@
-"""`make demo`: the main job on the embedded default, end to end through the public scripts.
+"""`make demo`: the library's main job on the embedded synthetic world, end to end.
 
-Until the synthetic audio-video world has its trained base models (issue 5), the embedded
-default is the paper's toy problem (Sec. 4.1), in-domain target: train the 1-D base (cached),
-pre-sample fake pairs, train the discriminator with L_D + L_DSM, sample 4000 pairs with and
-without guidance, and score both against the exact target density.
+Goes through the same public scripts, configs, wrappers, discriminator, loss and sampler as the
+real models (``experiment=synthetic`` = ``base=synthetic data=synthetic
+discriminator=synthetic sampler=ddim``):
 
-    python scripts/demo.py [extra train.py overrides]
+1. ``train.py``: the paired data set (generated on first use: 1000 mp4s with sound), the two
+   shipped base models (``assets/synthetic``, trained on one modality each by
+   ``scripts/train_base.py``), fake pairs pre-sampled from them, discriminator training;
+2. ``sample.py`` twice: N pairs without and with the discriminator, from the same seeds, as
+   mp4s with sound in ``outputs/demo/unguided/`` and ``outputs/demo/guided/`` (the same file
+   name = the same initial noise);
+3. ``evaluate.py``: decodes class and onset from each mp4's frames and sound alone and prints
+   validity, semantic / temporal agreement and AV-Align, unguided vs guided;
+4. ``outputs/demo/pairs.png``: frames + spectrogram of the first unguided and guided pairs.
+
+    python scripts/demo.py [num_samples=64] [extra train.py overrides, e.g. train.steps=300]
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-from toy_table import metrics, run  # same folder
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ROOT / "outputs" / "demo"
 
-RUN = Path(__file__).resolve().parent.parent / "outputs" / "demo" / "toy_ind"
+
+def run(script: str, *args: str) -> None:
+    cmd = [sys.executable, str(ROOT / "scripts" / script), *args]
+    print("+", " ".join(cmd[1:]), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
 
 
-def main(extra: list[str]) -> None:
+def main(argv: list[str]) -> None:
     start = time.time()
-    run("train.py", "base=toy", "data=toy_ind", f"run_dir={RUN}", *extra)
-    run("sample.py", f"run_dir={RUN}", "guided=false")
-    run("evaluate.py", f"run_dir={RUN}", "samples=samples_nojoint.npz")
-    run("sample.py", f"run_dir={RUN}")
-    run("evaluate.py", f"run_dir={RUN}")
-    rows = [
-        ("no joint", metrics(RUN, "samples_nojoint.npz")),
-        ("MMDisCo", metrics(RUN, "samples.npz")),
-    ]
-    print(f"\ntoy, in-domain target ({time.time() - start:.0f} s); figures in {RUN}")
-    print(f"{'':>10} {'NLL':>8} {'median':>8} {'in 3 std':>9} {'peaks':>6}")
-    for name, m in rows:
-        print(
-            f"{name:>10} {m['nll']:8.2f} {m['nll_median']:8.2f} {100 * m['precision']:8.1f}% "
-            f"{m['peaks_covered']:>3}/{m['num_peaks']}"
-        )
+    num = next((a.split("=", 1)[1] for a in argv if a.startswith("num_samples=")), "64")
+    extra = [a for a in argv if not a.startswith("num_samples=")]
+    stamps = {}
+    run("train.py", "experiment=synthetic", f"run_dir={RUN}", *extra)
+    stamps["train"] = time.time()
+    for guided in ("false", "true"):
+        run("sample.py", f"run_dir={RUN}", f"guided={guided}", f"num_samples={num}",
+            f"batch_size={num}")  # fmt: skip
+    stamps["sample"] = time.time()
+    run("evaluate.py", f"run_dir={RUN}", "samples=[unguided,guided]", "options.av_align=true")
+    stamps["evaluate"] = time.time()
+
+    from mmdisco.plots import media_pairs
+
+    name = "00000.mp4"
+    media_pairs(RUN / "pairs.png", [(d, str(RUN / d / name)) for d in ("unguided", "guided")])
+    t0, times = start, []
+    for stage, t in stamps.items():
+        times.append(f"{stage} {t - t0:.0f} s")
+        t0 = t
+    print(f"\ndemo done in {time.time() - start:.0f} s ({', '.join(times)}); "
+          f"clips in {RUN}/unguided and {RUN}/guided, figure {RUN / 'pairs.png'}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -137,3 +137,10 @@ class SyntheticPairs:
         from mmdisco.metrics.synthetic import evaluate_folder
 
         return evaluate_folder(path, av_align=av_align, progress=self.progress)
+
+    @staticmethod
+    def format_table(results: dict[str, dict]) -> str:
+        """One column per evaluated folder (e.g. unguided, guided)."""
+        from mmdisco.metrics.synthetic import format_table
+
+        return format_table(results)
