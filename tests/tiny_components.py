@@ -107,14 +107,14 @@ def tiny_unet2d(seed: int = 0) -> UNet2DConditionModel:
     ).eval()
 
 
-def tiny_motion_adapter(seed: int = 0) -> MotionAdapter:
+def tiny_motion_adapter(seed: int = 0, max_frames: int = 8) -> MotionAdapter:
     torch.manual_seed(seed)
     return MotionAdapter(
         block_out_channels=(32, 64),
         motion_layers_per_block=1,
         motion_num_attention_heads=2,
         motion_norm_num_groups=32,
-        motion_max_seq_length=8,
+        motion_max_seq_length=max_frames,
         use_motion_mid_block=True,
     ).eval()
 
