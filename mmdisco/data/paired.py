@@ -18,7 +18,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from mmdisco.data.folder import PairedVideoFolder
 from mmdisco.data.synthetic import (
+    CLIP_SECONDS,
+    FPS,
     FRAME_SIZE,
     NUM_FRAMES,
     NUM_SAMPLES,
@@ -75,6 +78,7 @@ class SyntheticPairs:
         self.num_clips, self.seed, self.name = num_clips, seed, name
         self.batch_size, self.progress = batch_size, progress
         self.skipped: list[tuple[Path, str]] = []
+        self._folder: PairedVideoFolder | None = None
 
     # -- the files ---------------------------------------------------------------------
     @property
@@ -115,6 +119,55 @@ class SyntheticPairs:
         if not kept:
             raise RuntimeError(f"no readable clip in {self.data_dir} ({len(self.skipped)} skipped)")
         return np.stack(frames), np.stack(audio), kept
+
+    # -- the PairedVideoFolder interface (Dataset of decoded clips, for the latent cache) ----
+    def folder(self) -> PairedVideoFolder:
+        """The first ``num_clips`` clips as a :class:`PairedVideoFolder` (generated first when
+        missing): 1.0 s windows, 8 fps, 32x32, 16 kHz mono, caption = class name."""
+        if self._folder is None:
+            self._folder = PairedVideoFolder(
+                root=self.data_dir,
+                csv=self.ensure_generated(),
+                duration=CLIP_SECONDS,
+                fps=FPS,
+                size=FRAME_SIZE,
+                sample_rate=SAMPLE_RATE,
+                path_column="file",
+                caption_column="caption",
+                max_clips=self.num_clips,
+                name=self.name,
+            )
+        return self._folder
+
+    def __len__(self) -> int:
+        return len(self.folder())
+
+    def __bool__(self) -> bool:  # truthiness must not generate the data set (via __len__)
+        return True
+
+    def __getitem__(self, index: int):
+        return self.folder()[index]
+
+    def for_bases(self, bases) -> PairedVideoFolder:
+        """The synthetic bases carry no fps / size attributes: the world's are used, and
+        checked against any the bases do have."""
+        return self.folder().for_bases(bases)
+
+    def cache_key(self) -> dict:
+        return {**self.folder().cache_key(), "seed": self.seed}
+
+    @property
+    def captions(self) -> list[str]:
+        return self.folder().captions
+
+    def note_skipped(self, records) -> None:
+        self.folder().note_skipped(records)
+
+    def summary(self) -> dict:
+        return self.folder().summary()
+
+    def report(self) -> dict:
+        return self.folder().report()
 
     # -- what training and evaluation ask for ------------------------------------------
     def real_pairs(self, bases) -> dict[str, Tensor]:

@@ -1,0 +1,153 @@
+"""Fake pairs pre-sampled once from the independent base models (paper Sec. 3.3: 1K pairs
+in-domain, 10K out-of-domain), stored like the real-latent cache and read by ShardedPairs.
+
+Each pair is drawn by :class:`~mmdisco.sampling.JointSampler` without a discriminator (the
+modalities independent), with a prompt drawn from the data set's captions; text-conditional
+bases sample with their own classifier-free guidance (``encode_prompt``), unconditional ones
+ignore the prompt.
+
+Resumable and rank-independent: shard s holds pairs [s S, (s+1) S); its prompts come from a
+generator seeded with (seed, s) and pair i's noise from its own generator seeded with
+(seed, i) (``randn`` with one generator per sample), so a shard's bytes depend only on the
+seed, the shard index and the settings. A killed run continues at the next missing shard;
+1 rank and W ranks, interrupted or not, write identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mmdisco.data.cache import (
+    CACHE_VERSION,
+    MODALITIES,
+    bases_key,
+    batch_conditions,
+    build_shards,
+    config_hash,
+    prompt_tables,
+)
+from mmdisco.sampling import JointSampler
+
+PROMPT_STREAM, NOISE_STREAM = 0, 1  # SeedSequence spawn keys: prompts and noise never overlap
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The noise seed of pair ``index`` (a 63-bit integer from SeedSequence([seed, 1, index]))."""
+    state = np.random.SeedSequence([seed, NOISE_STREAM, index]).generate_state(2, np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1
+
+
+def shard_prompts(captions: list[str], seed: int, shard: int, n: int) -> list[str]:
+    """n prompts drawn uniformly (with replacement) from ``captions`` by the (seed, shard)
+    generator; ``[""] * n`` without captions (unconditional sampling)."""
+    if not captions:
+        return [""] * n
+    rng = np.random.default_rng([seed, PROMPT_STREAM, shard])
+    return [captions[i] for i in rng.integers(len(captions), size=n)]
+
+
+def fakes_key(
+    bases, captions, num_pairs, seed, sampler_kwargs, shard_size, batch_size, base_config
+) -> dict:
+    return {
+        "kind": "fakes",
+        "version": CACHE_VERSION,
+        "bases": bases_key(bases, base_config),
+        "captions_sha256": hashlib.sha256("\n".join(captions).encode()).hexdigest(),
+        "num_pairs": num_pairs,
+        "seed": seed,
+        "sampler": dict(sampler_kwargs),
+        "shard_size": shard_size,
+        "batch_size": batch_size,  # the networks' float results may depend on the batch
+    }
+
+
+def presample_fakes(
+    bases,
+    captions: list[str] | None,
+    num_pairs: int,
+    cache_dir: str | os.PathLike,
+    seed: int = 0,
+    sampler_kwargs: dict[str, Any] | None = None,
+    shard_size: int = 250,
+    batch_size: int = 50,
+    base_config: Any = None,
+    rank: int = 0,
+    world_size: int = 1,
+    accelerator=None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> Path:
+    """Sample ``num_pairs`` independent pairs into ``<cache_dir>/fakes-<hash>``; return it.
+
+    ``bases``: a joint noise model with ``bases["audio"]`` / ``bases["video"]`` (e.g.
+    ``IndependentBases``); ``captions``: the prompts to draw from (e.g. ``data.captions``;
+    None or [] samples with the empty prompt); ``sampler_kwargs``: JointSampler arguments
+    (``mmdisco.runs.sampler_kwargs(cfg.sampler)``); ``base_config``: the resolved base config
+    for the hash (None: the weights' fingerprint). Read the result with
+    :class:`~mmdisco.data.cache.ShardedPairs`: latents, the prompt of each pair as its
+    caption, and the conds / pooled vectors it was sampled with.
+    """
+    if num_pairs < 1 or shard_size < 1 or batch_size < 1:
+        raise ValueError(
+            f"num_pairs, shard_size and batch_size must be >= 1, got "
+            f"{num_pairs}, {shard_size}, {batch_size}"
+        )
+    captions = [str(c) for c in (captions or [])]
+    sampler_kwargs = dict(sampler_kwargs or {})
+    key = fakes_key(
+        bases, captions, num_pairs, seed, sampler_kwargs, shard_size, batch_size, base_config
+    )
+    out_dir = Path(cache_dir) / f"fakes-{config_hash(key)}"
+    sampler = JointSampler(bases, None, **sampler_kwargs)
+
+    def make_shard(s: int):
+        first, last = s * shard_size, min(num_pairs, (s + 1) * shard_size)
+        prompts = shard_prompts(captions, seed, s, last - first)
+        return _sample_shard(sampler, bases, prompts, first, seed, batch_size, device)
+
+    num_shards = -(-num_pairs // shard_size)
+    return build_shards(
+        out_dir,
+        key,
+        num_shards,
+        make_shard,
+        rank,
+        world_size,
+        accelerator,
+        progress,
+        desc="sample fake pairs",
+    )
+
+
+@torch.no_grad()
+def _sample_shard(sampler, bases, prompts, first, seed, batch_size, device) -> tuple[dict, dict]:
+    """Pairs first .. first + len(prompts) - 1 in batches; tensors on the CPU + metadata."""
+    tables, caption_index, _ = prompt_tables(bases, prompts)
+    outs: dict[str, list[Tensor]] = {m: [] for m in MODALITIES}
+    for b in range(0, len(prompts), batch_size):
+        rows = caption_index[b : b + batch_size]
+        gens = [
+            torch.Generator(device).manual_seed(sample_seed(seed, first + i))
+            for i in range(b, b + len(rows))
+        ]
+        conds = batch_conditions(bases, {k: v[rows] for k, v in tables.items()})
+        xs = sampler.sample(len(rows), conds=conds, generator=gens, device=device)
+        for m in MODALITIES:
+            outs[m].append(xs[m].detach().cpu())
+    tensors = {m: torch.cat(v) for m, v in outs.items()}
+    tensors.update(tables, caption_index=caption_index)
+    meta = {
+        "count": len(prompts),
+        "captions": prompts,
+        "first": first,
+        "conditional": [m for m in MODALITIES if f"{m}_cond" in tables],
+    }
+    return tensors, meta

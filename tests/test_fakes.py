@@ -1,0 +1,125 @@
+"""Fake-pair pre-sampling: kill -9 and resume, ranks, prompts and their conditions."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_pair_bases import synthetic_bases, text_bases
+
+from mmdisco.data.cache import INDEX_FILE, ShardedPairs, batch_conditions, shard_name
+from mmdisco.fakes import presample_fakes, sample_seed, shard_prompts
+from mmdisco.sampling import JointSampler
+
+TESTS = Path(__file__).resolve().parent
+CAPTIONS = ["red", "green", "blue", "yellow"]
+SAMPLER = {"solver": "ddpm", "num_steps": 3}  # ancestral: fresh noise at every step
+OPTS = dict(num_pairs=10, seed=3, sampler_kwargs=SAMPLER, shard_size=2, batch_size=2)
+
+CHILD = f"""
+import sys, time
+sys.path.insert(0, {str(TESTS)!r})
+import torch
+torch.set_num_threads(1)
+from tiny_pair_bases import synthetic_bases
+import mmdisco.sampling
+from mmdisco.fakes import presample_fakes
+
+sample = mmdisco.sampling.JointSampler.sample
+def slow_sample(self, *args, **kwargs):  # slow enough to be killed between shards
+    time.sleep(0.4)
+    return sample(self, *args, **kwargs)
+mmdisco.sampling.JointSampler.sample = slow_sample
+presample_fakes(synthetic_bases(), {CAPTIONS!r}, cache_dir=sys.argv[1], progress=False, **{OPTS!r})
+"""
+
+
+@pytest.fixture(scope="module")
+def bases():
+    return synthetic_bases()
+
+
+@pytest.fixture(scope="module")
+def reference(bases, tmp_path_factory) -> Path:
+    """An uninterrupted single-rank run."""
+    return presample_fakes(
+        bases, CAPTIONS, cache_dir=tmp_path_factory.mktemp("ref"), progress=False, **OPTS
+    )
+
+
+def files(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir()) if not p.name.startswith(".")}
+
+
+def test_kill_9_mid_run_then_restart_is_bit_identical_to_an_uninterrupted_run(
+    bases, reference, tmp_path
+):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)], env=env)
+    out = tmp_path / reference.name
+    deadline = time.monotonic() + 180
+    while len(list(out.glob("shard-*"))) < 2 and child.poll() is None:
+        assert time.monotonic() < deadline, "the child wrote no shard in time"
+        time.sleep(0.02)
+    os.kill(child.pid, signal.SIGKILL)
+    assert child.wait() == -signal.SIGKILL
+    written = sorted(p.name for p in out.glob("shard-*"))
+    assert 2 <= len(written) < 5 and not (out / INDEX_FILE).exists()
+    assert written == [shard_name(s) for s in range(len(written))]
+    again = presample_fakes(bases, CAPTIONS, cache_dir=tmp_path, progress=False, **OPTS)
+    assert again == out and files(out) == files(reference)
+
+
+def test_two_ranks_write_the_same_pairs_as_one(bases, reference, tmp_path):
+    for rank in (1, 0):
+        path = presample_fakes(
+            bases, CAPTIONS, cache_dir=tmp_path, rank=rank, world_size=2, progress=False, **OPTS
+        )
+    assert files(path) == files(reference)
+    other_seed = presample_fakes(
+        bases, CAPTIONS, cache_dir=tmp_path, progress=False, **{**OPTS, "seed": 4}
+    )
+    assert other_seed != path
+    a, b = ShardedPairs(path).load_all(), ShardedPairs(other_seed).load_all()
+    assert not torch.allclose(a["video"], b["video"])
+
+
+def test_pairs_are_independent_samples_with_their_own_seeded_noise(bases, reference):
+    pairs = ShardedPairs(reference)
+    assert len(pairs) == 10 and set(pairs.captions) <= set(CAPTIONS)
+    assert pairs.captions[4:6] == shard_prompts(CAPTIONS, OPTS["seed"], 2, 2)
+    assert "audio_cond" not in pairs[0]  # unconditional bases: the prompt is only recorded
+    sampler = JointSampler(bases, None, **SAMPLER)
+    gen = torch.Generator().manual_seed(sample_seed(OPTS["seed"], 5))
+    alone = sampler.sample(1, generator=[gen])  # pair 5 drawn in a batch of its own
+    for m in ("audio", "video"):
+        torch.testing.assert_close(pairs[5][m], alone[m][0], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(pairs[4]["video"], pairs[5]["video"])
+
+
+def test_text_conditional_bases_sample_with_the_stored_prompt_conditions(tmp_path):
+    bases = text_bases(tmp_path)
+    captions = ["a dog barks", "rain", "a car"]
+    opts = dict(seed=0, sampler_kwargs={"solver": "ddim", "num_steps": 2}, shard_size=2)
+    path = presample_fakes(bases, captions, 3, tmp_path, batch_size=2, progress=False, **opts)
+    pairs = ShardedPairs(path)
+    assert pairs.index["conditional"] == ["audio", "video"]
+    assert pairs.captions == shard_prompts(captions, 0, 0, 2) + shard_prompts(captions, 0, 1, 1)
+    for i in range(3):
+        for m in ("audio", "video"):
+            expected = bases[m].encode_prompt([pairs.captions[i]])
+            torch.testing.assert_close(pairs[i][f"{m}_cond"], expected.cond[0], atol=1e-5, rtol=0)
+    # shard 0 again, by hand, from what the cache stores: the same bits
+    batch = torch.utils.data.default_collate([pairs[0], pairs[1]])
+    gens = [torch.Generator().manual_seed(sample_seed(0, i)) for i in (0, 1)]
+    sampler = JointSampler(bases, None, solver="ddim", num_steps=2)
+    again = sampler.sample(2, conds=batch_conditions(bases, batch), generator=gens)
+    for m in ("audio", "video"):
+        assert torch.equal(again[m], batch[m])
+    assert batch_conditions(bases, batch)["video"].guidance_scale == 7.5
