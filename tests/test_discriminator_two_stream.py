@@ -290,6 +290,15 @@ def test_learns_alignment_with_an_mlp_head():
     assert train_alignment(small(mlp_hidden=(32,)), steps=100) > 0.9
 
 
+def test_learns_alignment_with_a_framewise_head():
+    assert train_alignment(small(fusion="framewise", mlp_hidden=(32,)), steps=100) > 0.9
+
+
+def test_framewise_head_needs_a_hidden_layer():
+    with pytest.raises(ValueError, match="mlp_hidden"):
+        small(fusion="framewise", mlp_hidden=())
+
+
 def test_linear_head_cannot_learn_alignment():
     """The control: the additive (official) head stays at chance on the same task."""
     assert train_alignment(small(), steps=100) < 0.65
@@ -299,3 +308,20 @@ def test_linear_head_cannot_learn_alignment():
 @pytest.mark.parametrize("fusion", ["transformer", "frieren"])
 def test_learns_alignment_with_transformer_heads(fusion):
     assert train_alignment(small(fusion=fusion), steps=400, lr=1e-3) > 0.9
+
+
+def test_1d_audio_folds_spectrogram_frequencies_into_channels():
+    """A (B, C, T, F) latent with audio_conv="1d" equals feeding (B, C * F, T) by hand."""
+    torch.manual_seed(0)
+    kw = dict(audio_channels=2 * 6, video_channels=3, audio_conv="1d", channels=8,
+              channel_mult=(1,), blocks_per_level=1, norm_groups=4, time_dim=16,
+              audio_down=2, fusion="mlp", mlp_hidden=(8,))  # fmt: skip
+    disc = TwoStreamDiscriminator(**kw).eval()
+    for p in disc.parameters():  # zero-initialised layers would hide a wrong layout
+        torch.nn.init.normal_(p, std=0.2)
+    audio = torch.randn(2, 2, 10, 6)  # (B, C, T, F)
+    video, t = torch.randn(2, 3, 4, 8, 8), torch.tensor([3, 700])
+    by_hand = audio.permute(0, 1, 3, 2).reshape(2, 12, 10)  # (B, C * F, T)
+    torch.testing.assert_close(disc(audio, video, t), disc(by_hand, video, t))
+    # a frequency permutation changes the logit: bins are not pooled away
+    assert not torch.allclose(disc(audio.flip(3), video, t), disc(audio, video, t))

@@ -20,7 +20,7 @@ from mmdisco.nn import timestep_embedding
 
 VIDEO_CONVS = ("2d+1d", "3d")
 AUDIO_CONVS = ("1d", "2d")
-FUSIONS = ("mlp", "transformer", "frieren")
+FUSIONS = ("mlp", "transformer", "frieren", "framewise")
 SINUSOIDS = ("adm", "diffusers")
 
 
@@ -222,6 +222,36 @@ class MeanConcatHead(nn.Module):
         return self.out(self.mlp(x)).squeeze(1)  # (B,)
 
 
+class FramewiseHead(nn.Module):
+    """"framewise" fusion (ours, not in the paper): the audio tokens are average-pooled (linearly
+    interpolated) to the video's frame count, each frame's [video, audio] features go through
+    one MLP to a score, and the logit is the mean score over frames.
+
+    It sees co-occurrence frame by frame (a colour and a pitch, an appearance and an onset in
+    the same frame), which a mean-then-MLP head cannot, at the cost of an MLP; it learns in a
+    few hundred steps where the transformer heads need thousands.
+    """
+
+    def __init__(self, feat_dim: int, hidden: Sequence[int] = (64,)):
+        super().__init__()
+        if not hidden:
+            raise ValueError("framewise fusion needs mlp_hidden, e.g. [64]: without a hidden "
+                             "layer the score is additive and cannot couple the modalities")
+        widths = [2 * feat_dim, *hidden]
+        self.mlp = nn.Sequential(
+            *(m for a, b in zip(widths[:-1], widths[1:]) for m in (nn.Linear(a, b), nn.SiLU()))
+        )
+        self.out = nn.Linear(widths[-1], 1)
+
+    def forward(self, video: Tensor, audio: Tensor, temb: Tensor) -> Tensor:
+        frames = video.shape[1]  # video (B, F, C), audio (B, T, C)
+        if audio.shape[1] != frames:
+            audio = F.interpolate(audio.transpose(1, 2), size=frames, mode="linear",
+                                  align_corners=False).transpose(1, 2)  # (B, F, C)  # fmt: skip
+        x = torch.cat([video, audio], dim=2)  # (B, F, 2C)
+        return self.out(self.mlp(x)).squeeze(2).mean(1)  # (B,)
+
+
 class TransformerHead(nn.Module):
     """Transformer fusion (paper A.8): [class, time, video..., audio...] tokens + learned positions.
 
@@ -284,7 +314,11 @@ class TwoStreamDiscriminator(nn.Module):
     """logit D(a_t, v_t, t[, c]) for audio-video pairs (MMDisCo, paper Sec. 4.2, A.3, A.8).
 
     Input layouts (the base-model wrappers convert to these):
-      audio: raw waveform (B, C, T) with ``audio_conv="1d"`` (dilated 1-D convs, in-domain),
+      audio: raw waveform (B, C, T) with ``audio_conv="1d"`` (dilated 1-D convs, in-domain);
+             a spectrogram latent (B, C, T, F) with ``audio_conv="1d"`` has its frequency bins
+             folded into channels, (B, C * F, T) (``audio_channels`` = C * F): every conv then
+             sees the whole spectrum, so pitch stays readable after the pooling (the synthetic
+             world's small discriminator);
              or a latent spectrogram (B, C, T, F), time before frequency, with ``audio_conv="2d"``
              (AudioLDM: (B, 8, T, 16); Auffusion's (B, 4, 32, T) transposed to (B, 4, T, 32)).
       video: (B, C, F, H, W): channels, frames, height, width.
@@ -296,7 +330,8 @@ class TwoStreamDiscriminator(nn.Module):
              dropout in training, classifier-free guidance at sampling) is the base's
              empty-prompt embedding passed the same way, as in the official code.
     Output: (B,) float32 logits. Features are pooled per stream to (B, T, C) and fused by
-    ``fusion`` ("mlp" | "transformer" | "frieren"); the order inside the head is [video, audio].
+    ``fusion`` ("mlp" | "transformer" | "frieren" | "framewise"); the order inside the head is
+    [video, audio].
     The default "mlp" head with ``mlp_hidden=()`` is the paper's (one Linear, additive: see
     ``MeanConcatHead``); give ``mlp_hidden`` or a transformer head for cross-modal terms.
 
@@ -342,6 +377,7 @@ class TwoStreamDiscriminator(nn.Module):
         if video_conv not in VIDEO_CONVS or audio_conv not in AUDIO_CONVS:
             raise ValueError(f"convs must be in {VIDEO_CONVS} / {AUDIO_CONVS}")
         self.sinusoid, self.logit_eps, self.time_dim = sinusoid, logit_eps, time_dim
+        self.audio_conv = audio_conv
         self.time_mlp = nn.Sequential(
             nn.Linear(time_dim, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim)
         )
@@ -373,6 +409,8 @@ class TwoStreamDiscriminator(nn.Module):
         feat_dim = self.video_stream.out_channels
         if fusion == "mlp":
             self.head = MeanConcatHead(feat_dim, mlp_hidden)
+        elif fusion == "framewise":
+            self.head = FramewiseHead(feat_dim, mlp_hidden)
         else:
             self.head = TransformerHead(
                 fusion, feat_dim, time_dim, fusion_dim, fusion_out_dim, fusion_layers,
@@ -405,6 +443,8 @@ class TwoStreamDiscriminator(nn.Module):
         self, audio: Tensor, video: Tensor, t: Tensor, cond: dict[str, Tensor] | None = None
     ) -> Tensor:
         temb, audio_emb, video_emb = self.embeddings(t, cond, video.dtype)  # (B, E) x3
+        if self.audio_conv == "1d" and audio.ndim == 4:  # (B, C, T, F) -> (B, C * F, T)
+            audio = audio.transpose(2, 3).flatten(1, 2)
         a = self.audio_stream(audio, audio_emb)  # (B, C, T') or (B, C, T', F')
         v = self.video_stream(video, video_emb)  # (B, C, F, H', W')
         a = a.flatten(2) if a.ndim == 3 else a.mean(3)  # (B, C, T')
