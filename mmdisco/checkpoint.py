@@ -1,20 +1,32 @@
-"""Training checkpoints: safetensors weights + optimizer + RNG + step + resolved config.
+"""Training checkpoints: safetensors weights (+ EMA) + optimizer + RNG per process + step + config.
 
 A checkpoint is a directory written under a temporary name and renamed into place, so a kill
-leaves either the previous checkpoint or the new one, never half of one.
+leaves either the previous checkpoint or the new one, never half of one. Its files:
+
+    model.safetensors        the discriminator's weights (unwrapped, float32 as trained)
+    ema.safetensors          the EMA of those weights (only when EMA is on)
+    optimizer.safetensors    the optimizer's tensors; its scalars and groups are in state.json
+    rng_rank{r}.safetensors  process r's torch CPU (and CUDA) generator states
+    state.json               step, world size, optimizer scalars, extra state (e.g. the fp16
+                             loss scaler), python / numpy RNG per rank, the resolved config
+
+With several processes every rank writes its own RNG file into the temporary directory that
+rank 0 creates, and rank 0 renames it once all have written (``barrier`` separates the phases).
 """
 
 from __future__ import annotations
 
 import json
+import random
 import shutil
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from mmdisco.io import load_tensors, save_tensors
+from mmdisco.io import atomic_write_json, load_tensors, save_tensors
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -37,47 +49,122 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def _rng_tensors() -> dict[str, torch.Tensor]:
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    return rng
+
+
+def _py_rng_state() -> dict:
+    version, state, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [version, list(state), gauss],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+    }
+
+
+def _set_py_rng_state(state: dict) -> None:
+    version, inner, gauss = state["python"]
+    random.setstate((version, tuple(inner), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def _no_barrier() -> None:
+    return None
+
+
 def save_checkpoint(
     path: str | Path,
     step: int,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
     config: dict | None = None,
+    ema: dict[str, torch.Tensor] | None = None,
+    extra: dict | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    barrier: Callable[[], None] = _no_barrier,
 ) -> None:
+    """Write the checkpoint of ``step``; every rank calls it (only rank 0 writes the weights).
+
+    ``extra`` is JSON-serialisable state (e.g. the loss scaler's), restored by
+    :func:`load_checkpoint`'s return value.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    save_tensors(tmp / "model.safetensors", model.state_dict())
-    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
-    save_tensors(tmp / "optimizer.safetensors", opt_tensors)
-    rng = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
-    save_tensors(tmp / "rng.safetensors", rng)
-    (tmp / "state.json").write_text(
-        json.dumps({"step": step, "optimizer": opt_meta, "config": config})
-    )
-    old = path.with_name(path.name + ".old")
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a kill during an earlier save
+        tmp.mkdir(parents=True)
+    barrier()
+    save_tensors(tmp / f"rng_rank{rank}.safetensors", _rng_tensors())
+    atomic_write_json(tmp / f"py_rng_rank{rank}.json", _py_rng_state())
+    if rank == 0:
+        save_tensors(tmp / "model.safetensors", model.state_dict())
+        if ema is not None:
+            save_tensors(tmp / "ema.safetensors", ema)
+        opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+        save_tensors(tmp / "optimizer.safetensors", opt_tensors)
+        state = {
+            "step": step,
+            "world_size": world_size,
+            "optimizer": opt_meta,
+            "extra": extra or {},
+            "config": config,
+        }
+        atomic_write_json(tmp / "state.json", state)
+    barrier()
+    if rank == 0:
+        old = path.with_name(path.name + ".old")
+        if path.exists():  # else ``old`` may be the only complete checkpoint: keep it
+            shutil.rmtree(old, ignore_errors=True)
+            path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    barrier()
+
+
+def _resolve(path: Path) -> Path:
+    if not (path / "state.json").exists() and (path.with_name(path.name + ".old")).exists():
+        return path.with_name(path.name + ".old")  # killed between the two renames
+    return path
 
 
 def load_checkpoint(
-    path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator
-) -> int:
-    """Restore everything saved by :func:`save_checkpoint`; returns the step to continue from."""
-    path = Path(path)
-    if not path.exists() and path.with_name(path.name + ".old").exists():
-        path = path.with_name(path.name + ".old")  # killed between the two renames
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: dict[str, torch.Tensor] | None = None,
+    rank: int = 0,
+) -> tuple[int, dict]:
+    """Restore everything saved by :func:`save_checkpoint` into ``model``, ``optimizer``,
+    ``ema`` (in place) and this rank's RNGs; returns (step to continue from, extra state).
+
+    A rank with no RNG file (the run was saved with fewer processes) keeps its own RNG state.
+    """
+    path = _resolve(Path(path))
     state = json.loads((path / "state.json").read_text())
     model.load_state_dict(load_tensors(path / "model.safetensors"))
     opt = _unflatten_optimizer(load_tensors(path / "optimizer.safetensors"), state["optimizer"])
     optimizer.load_state_dict(opt)
-    rng = load_tensors(path / "rng.safetensors")
-    generator.set_state(rng["generator"])
-    torch.set_rng_state(rng["torch"])
-    return int(state["step"])
+    if ema is not None:
+        if not (path / "ema.safetensors").exists():
+            raise FileNotFoundError(
+                f"{path} has no ema.safetensors: it was saved with EMA off; resume with "
+                "train.ema_decay=null or start a new run_dir"
+            )
+        for k, v in load_tensors(path / "ema.safetensors").items():
+            ema[k].copy_(v)
+    rng_file = path / f"rng_rank{rank}.safetensors"
+    if rng_file.exists():
+        rng = load_tensors(rng_file)
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+        _set_py_rng_state(json.loads((path / f"py_rng_rank{rank}.json").read_text()))
+    return int(state["step"]), state.get("extra", {})
 
 
 def checkpoint_exists(path: str | Path) -> bool:

@@ -10,6 +10,7 @@ batched pass.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 
 import torch
@@ -40,18 +41,25 @@ def residual(
     schedules: Mapping[str, NoiseSchedule],
     d_cond: Mapping[str, Tensor] | None = None,
     create_graph: bool = False,
+    fp32: bool = False,
 ) -> tuple[dict[str, Tensor], Tensor]:
     """Residual noise r_m = -sigma_m(t) * grad_m logit for every modality, and the logit (B,).
 
     With ``create_graph=True`` the residuals stay differentiable w.r.t. D's parameters
-    (L_DSM trains through them); otherwise the inputs are detached copies.
+    (L_DSM trains through them); otherwise the inputs are detached copies. With ``fp32=True``
+    D's forward and the input gradient run in float32 with autocast disabled (inside a
+    mixed-precision region the residual would otherwise be computed in bf16 / fp16).
     """
     if not create_graph:
         xs = {m: x.detach().requires_grad_(True) for m, x in xs.items()}
     elif not all(x.requires_grad for x in xs.values()):
         raise ValueError("with create_graph=True the inputs must require grad")
-    with torch.enable_grad():
-        logit = discriminator(xs["audio"], xs["video"], t, d_cond)
+    precision = torch.autocast(t.device.type, enabled=False) if fp32 else contextlib.nullcontext()
+    with torch.enable_grad(), precision:
+        inputs = {m: x.float() for m, x in xs.items()} if fp32 else xs
+        if fp32 and d_cond is not None:
+            d_cond = {m: c.float() for m, c in d_cond.items()}
+        logit = discriminator(inputs["audio"], inputs["video"], t, d_cond)
         grads = torch.autograd.grad(
             logit.sum(), [xs[m] for m in MODALITIES], create_graph=create_graph
         )

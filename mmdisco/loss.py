@@ -6,11 +6,14 @@
 
 One t is drawn per pair and shared by its modalities; the noises are independent.
 Base predictions are computed without gradient (the bases are frozen black boxes).
+All randomness of one evaluation is a :class:`Draws`; drawing it for a whole global batch and
+slicing it per process makes several processes see exactly the draws of one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,28 +23,73 @@ from mmdisco.bases.protocol import Condition, tree_select
 from mmdisco.guidance import MODALITIES, discriminator_condition, residual
 
 
-def _randn_like(x: Tensor, generator) -> Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+def apply_keep(conds, keep: Tensor | None):
+    """Replace the condition of every sample where ``keep`` is False by the unconditional one
+    (CFG training); the same samples are dropped for every modality and for D. The result has
+    no classifier-free guidance (scale 1): L_DSM's target is the plain conditional prediction."""
+    if not conds:
+        return conds
+    out = {}
+    for m, c in conds.items():
+        if c is None or c.uncond is None or keep is None:
+            out[m] = None if c is None else c.with_scale(1.0)
+            continue
+        dev = c.pooled.device if c.pooled is not None else keep.device
+        k = keep.to(dev)
+        out[m] = Condition(
+            cond=tree_select(c.cond, k, c.uncond),
+            pooled=None if c.pooled is None else tree_select(c.pooled, k, c.pooled_uncond),
+        )
+    return out
 
 
 def drop_conditions(conds, p: float, batch: int, generator=None):
-    """Replace each sample's condition by the unconditional one with probability p (CFG
-    training); the same samples are dropped for every modality and for D."""
+    """Replace each sample's condition by the unconditional one with probability p."""
     if not conds or p <= 0:
         return conds
-    dev = next(c.pooled for c in conds.values() if c is not None and c.pooled is not None).device
     keep = torch.rand(batch, generator=generator, device="cpu") >= p
-    keep = keep.to(dev)
-    out = {}
-    for m, c in conds.items():
-        if c is None or c.uncond is None:
-            out[m] = c
-            continue
-        out[m] = Condition(
-            cond=tree_select(c.cond, keep, c.uncond),
-            pooled=None if c.pooled is None else tree_select(c.pooled, keep, c.pooled_uncond),
+    return apply_keep(conds, keep)
+
+
+@dataclass
+class Draws:
+    """The randomness of one loss evaluation: a step t per pair, the noise of every modality of
+    real and fake pairs, and which prompts are kept (None: no prompt dropout)."""
+
+    t_real: Tensor  # (B_real,)
+    t_fake: Tensor  # (B_fake,)
+    noise_real: dict[str, Tensor]  # {m: (B_real, ...)}
+    noise_fake: dict[str, Tensor]  # {m: (B_fake, ...)}
+    keep_real: Tensor | None = None  # (B_real,) bool
+    keep_fake: Tensor | None = None  # (B_fake,) bool
+
+    def slice(self, start: int, stop: int) -> Draws:
+        """Samples [start, stop) of real and of fake pairs (one process's share)."""
+
+        def cut(x):
+            return None if x is None else x[start:stop]
+
+        return Draws(
+            cut(self.t_real),
+            cut(self.t_fake),
+            {m: cut(x) for m, x in self.noise_real.items()},
+            {m: cut(x) for m, x in self.noise_fake.items()},
+            cut(self.keep_real),
+            cut(self.keep_fake),
         )
-    return out
+
+    def to(self, device) -> Draws:
+        def move(x):
+            return None if x is None else x.to(device)
+
+        return Draws(
+            move(self.t_real),
+            move(self.t_fake),
+            {m: move(x) for m, x in self.noise_real.items()},
+            {m: move(x) for m, x in self.noise_fake.items()},
+            move(self.keep_real),
+            move(self.keep_fake),
+        )
 
 
 class JointLoss:
@@ -51,9 +99,18 @@ class JointLoss:
         bce: include L_D (False: the "L_DSM only" ablation).
         lambda_dsm: weight of L_DSM (0: the "L_D only" ablation).
         cond_dropout: probability of replacing a prompt by the empty one (text-conditional D).
+        residual_fp32: compute D's forward on real pairs and its input gradient r_m in float32
+            with autocast disabled, even inside a mixed-precision (autocast) region; the base
+            predictions and D's forward on fake pairs still follow the surrounding autocast.
     """
 
-    def __init__(self, bce: bool = True, lambda_dsm: float = 1.0, cond_dropout: float = 0.1):
+    def __init__(
+        self,
+        bce: bool = True,
+        lambda_dsm: float = 1.0,
+        cond_dropout: float = 0.1,
+        residual_fp32: bool = True,
+    ):
         if not bce and lambda_dsm == 0:
             raise ValueError("JointLoss with bce=false and lambda_dsm=0 trains nothing: enable one")
         if lambda_dsm < 0:
@@ -61,11 +118,40 @@ class JointLoss:
         if not 0 <= cond_dropout < 1:
             raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
         self.bce, self.lambda_dsm, self.cond_dropout = bool(bce), float(lambda_dsm), cond_dropout
+        self.residual_fp32 = bool(residual_fp32)
 
-    def noised(self, bases, pairs: Mapping[str, Tensor], t: Tensor, generator=None):
-        noise = {m: _randn_like(pairs[m], generator) for m in MODALITIES}
-        xt = {m: bases.schedules[m].add_noise(pairs[m], noise[m], t) for m in MODALITIES}
-        return xt, noise
+    def draw(
+        self,
+        num_train_timesteps: int,
+        real_shapes: Mapping[str, tuple[int, ...]],
+        fake_shapes: Mapping[str, tuple[int, ...]],
+        conditional: bool = False,
+        generator: torch.Generator | None = None,
+        device=None,
+    ) -> Draws:
+        """The randomness of one evaluation for pairs of the given shapes ``{m: (B, ...)}``,
+        drawn on ``device`` (default: the generator's): t, prompt-keep masks, then noises."""
+        if device is None:
+            device = generator.device if generator is not None else "cpu"
+        b_real, b_fake = real_shapes["audio"][0], fake_shapes["audio"][0]
+        t = torch.randint(
+            0, num_train_timesteps, (b_real + b_fake,), generator=generator, device=device
+        )
+        keep_real = keep_fake = None
+        if conditional and self.cond_dropout > 0:
+            keep_real = torch.rand(b_real, generator=generator, device=device) >= self.cond_dropout
+            keep_fake = torch.rand(b_fake, generator=generator, device=device) >= self.cond_dropout
+
+        def noise(shapes):
+            return {
+                m: torch.randn(shapes[m], generator=generator, device=device) for m in MODALITIES
+            }
+
+        noise_real = noise(real_shapes)
+        return Draws(t[:b_real], t[b_real:], noise_real, noise(fake_shapes), keep_real, keep_fake)
+
+    def noised(self, bases, pairs: Mapping[str, Tensor], t: Tensor, noise: Mapping[str, Tensor]):
+        return {m: bases.schedules[m].add_noise(pairs[m], noise[m], t) for m in MODALITIES}
 
     def __call__(
         self,
@@ -76,17 +162,32 @@ class JointLoss:
         real_conds: Mapping[str, Condition | None] | None = None,
         fake_conds: Mapping[str, Condition | None] | None = None,
         generator: torch.Generator | None = None,
+        draws: Draws | None = None,
     ) -> dict[str, Tensor]:
-        b_real, b_fake = real["audio"].shape[0], fake["audio"].shape[0]
-        num_t = bases.schedules["audio"].num_train_timesteps
-        dev = real["audio"].device
-        t = torch.randint(0, num_t, (b_real + b_fake,), generator=generator, device="cpu").to(dev)
-        t_real, t_fake = t[:b_real], t[b_real:]
-        real_conds = drop_conditions(real_conds, self.cond_dropout, b_real, generator)
-        fake_conds = drop_conditions(fake_conds, self.cond_dropout, b_fake, generator)
+        """Terms: ``loss``, ``l_d``, ``l_dsm``, ``acc_real``, ``acc_fake`` (scalars); ``t_real``,
+        ``t_fake``, ``logit_real``, ``logit_fake`` and, with L_DSM, the per-pair L2 norms
+        ``res_norm_{m}`` of r_m and ``eps_norm_{m}`` of the base noise eps_m (all detached).
 
-        xt_real, noise_real = self.noised(bases, real, t_real, generator)
-        xt_fake, _ = self.noised(bases, fake, t_fake, generator)
+        The randomness comes from ``draws`` when given, else it is drawn with ``generator``.
+        """
+        dev = real["audio"].device
+        if draws is None:
+            conditional = bool(real_conds or fake_conds)
+            shapes = [{m: tuple(x[m].shape) for m in MODALITIES} for x in (real, fake)]
+            draws = self.draw(
+                bases.schedules["audio"].num_train_timesteps,
+                *shapes,
+                conditional=conditional,
+                generator=generator,
+                device="cpu",
+            )
+        draws = draws.to(dev)
+        t_real, t_fake = draws.t_real, draws.t_fake
+        real_conds = apply_keep(real_conds, draws.keep_real)
+        fake_conds = apply_keep(fake_conds, draws.keep_fake)
+
+        xt_real = self.noised(bases, real, t_real, draws.noise_real)
+        xt_fake = self.noised(bases, fake, t_fake, draws.noise_fake)
         terms: dict[str, Tensor] = {}
         need_dsm = self.lambda_dsm > 0
         d_cond_real = discriminator_condition(real_conds)
@@ -94,31 +195,39 @@ class JointLoss:
             for x in xt_real.values():
                 x.requires_grad_(True)
             res, logit_real = residual(
-                discriminator, xt_real, t_real, bases.schedules, d_cond_real, create_graph=True
+                discriminator,
+                xt_real,
+                t_real,
+                bases.schedules,
+                d_cond_real,
+                create_graph=True,
+                fp32=self.residual_fp32,
             )
         else:
             logit_real = discriminator(xt_real["audio"], xt_real["video"], t_real, d_cond_real)
         logit_fake = discriminator(
             xt_fake["audio"], xt_fake["video"], t_fake, discriminator_condition(fake_conds)
         )
+        logit_real, logit_fake = logit_real.float(), logit_fake.float()
 
         terms["l_d"] = F.binary_cross_entropy_with_logits(
             logit_real, torch.ones_like(logit_real)
         ) + F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake))
         if need_dsm:
             with torch.no_grad():
-                eps = bases.predict_noise(xt_real, t_real, real_conds)
+                xs = {m: x.detach() for m, x in xt_real.items()}
+                eps = {m: e.float() for m, e in bases.predict_noise(xs, t_real, real_conds).items()}
             terms["l_dsm"] = sum(
-                ((eps[m] + res[m] - noise_real[m]) ** 2).mean() for m in MODALITIES
+                ((eps[m] + res[m].float() - draws.noise_real[m]) ** 2).mean() for m in MODALITIES
             )
+            for m in MODALITIES:
+                terms[f"res_norm_{m}"] = res[m].detach().float().flatten(1).norm(dim=1)
+                terms[f"eps_norm_{m}"] = eps[m].flatten(1).norm(dim=1)
         else:
             terms["l_dsm"] = torch.zeros((), device=dev)
         terms["loss"] = (terms["l_d"] if self.bce else 0.0) + self.lambda_dsm * terms["l_dsm"]
         terms["acc_real"] = (logit_real.detach() > 0).float().mean()
         terms["acc_fake"] = (logit_fake.detach() < 0).float().mean()
-        terms["t"], terms["logit_real"], terms["logit_fake"] = (
-            t,
-            logit_real.detach(),
-            logit_fake.detach(),
-        )
+        terms["t_real"], terms["t_fake"] = t_real, t_fake
+        terms["logit_real"], terms["logit_fake"] = logit_real.detach(), logit_fake.detach()
         return terms

@@ -1,4 +1,4 @@
-"""Figures: toy scatter over target-density contours, training curves."""
+"""Figures: toy scatter over target-density contours, training curves, accuracy by t."""
 
 from __future__ import annotations
 
@@ -42,6 +42,25 @@ def training_curves(csv_path, png_path, keys=("loss", "l_d", "l_dsm", "acc_real"
     for ax in axes:
         ax.set_xlabel("step")
         ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+
+
+def accuracy_by_t(csv_path, png_path):
+    """D's accuracy on real and on fake pairs per bucket of diffusion steps t (columns
+    ``acc_real_t{lo}-{hi}`` / ``acc_fake_t{lo}-{hi}`` of train_log.csv) over training."""
+    rows = list(csv.DictReader(open(csv_path)))
+    if not rows:
+        return
+    steps = [int(r["step"]) for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
+    for ax, name in zip(axes, ("real", "fake")):
+        cols = [k for k in rows[0] if k.startswith(f"acc_{name}_t")]
+        for k, color in zip(cols, plt.cm.viridis(np.linspace(0, 0.9, max(len(cols), 1)))):
+            ax.plot(steps, [float(r[k]) for r in rows], color=color, label=k[len(f"acc_{name}_") :])
+        ax.set(xlabel="step", title=f"accuracy on {name} pairs", ylim=(-0.02, 1.02))
+        ax.legend(fontsize=7, title="t", title_fontsize=7)
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
