@@ -45,7 +45,7 @@ def main(argv: list[str]) -> None:
         run("sample.py", f"run_dir={RUN}", f"guided={guided}", f"num_samples={num}",
             f"batch_size={num}")  # fmt: skip
     stamps["sample"] = time.time()
-    run("evaluate.py", f"run_dir={RUN}", "samples=[unguided,guided]", "options.av_align=true")
+    run("evaluate.py", f"run_dir={RUN}", "samples=[unguided,guided]", "+options.av_align=true")
     stamps["evaluate"] = time.time()
 
     from mmdisco.plots import media_pairs

@@ -40,6 +40,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import Tensor
 
 from mmdisco.bases.protocol import DiffusionBase
+from mmdisco.data.synthetic import FPS
 from mmdisco.io import check_pretrained_dir
 from mmdisco.schedule import NoiseSchedule, expand_as
 
@@ -351,12 +352,17 @@ class SyntheticBase(DiffusionBase):
 
 
 class SyntheticAudioBase(SyntheticBase):
-    """Audio: float32 waveforms (B, 16000) at 16 kHz <-> log-STFT latents (B, 1, 128, 64)."""
+    """Audio: float32 waveforms (B, 16000) at 16 kHz <-> log-STFT latents (B, 1, 64, 64)."""
 
     codec_class = LogSpectrogramCodec
 
+    @property
+    def sample_rate(self) -> int:  # the rate of the waveforms ``decode`` returns
+        return int(self.codec.config.sample_rate)
+
 
 class SyntheticVideoBase(SyntheticBase):
-    """Video: uint8 frames (B, 8, 32, 32, 3) <-> latents (B, 3, 8, 32, 32) in [-1, 1]."""
+    """Video: uint8 frames (B, 8, 32, 32, 3) <-> latents (B, 3, 8, 16, 16) in [-1, 1]."""
 
     codec_class = FrameCodec
+    fps = float(FPS)  # the synthetic world's frame rate (mmdisco.data.synthetic)
