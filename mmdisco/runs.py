@@ -25,6 +25,13 @@ def setup_torch(device: str = "auto", threads: int | None = None) -> torch.devic
     return torch.device(device)
 
 
+def fake_sampler_kwargs(sampler_cfg) -> dict:
+    """The sampler settings for fake pairs: the run's sampler without the re-noise recurrence
+    (``joint_num_steps`` only matters with a discriminator; without one it would only repeat
+    each step's work)."""
+    return {**sampler_kwargs(sampler_cfg), "joint_num_steps": 1}
+
+
 def sampler_kwargs(sampler_cfg) -> dict:
     """Sampler config -> JointSampler keyword arguments (drops Hydra keys and nulls)."""
     cfg = (
@@ -55,7 +62,7 @@ def fake_pairs(bases, fake_cfg, sampler_cfg, path: Path, seed: int, device, prog
     """Pairs sampled independently from the bases, once; cached in ``path`` (safetensors)."""
     if path.exists():
         return load_tensors(path)
-    sampler = JointSampler(bases, None, **sampler_kwargs(sampler_cfg))
+    sampler = JointSampler(bases, None, **fake_sampler_kwargs(sampler_cfg))
     pairs = sample_in_batches(
         sampler, fake_cfg.num_pairs, fake_cfg.batch_size, seed, device, progress
     )

@@ -44,7 +44,13 @@ from mmdisco.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoi
 from mmdisco.data.latents import TensorPairs, collate_pairs
 from mmdisco.guidance import MODALITIES
 from mmdisco.io import load_tensors, save_module, save_tensors
-from mmdisco.runs import CONFIG_FILE, WEIGHTS_FILE, fake_pairs, sampler_kwargs, setup_torch
+from mmdisco.runs import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    fake_pairs,
+    fake_sampler_kwargs,
+    setup_torch,
+)
 
 RAW_WEIGHTS_FILE = "discriminator_raw.safetensors"  # the non-EMA weights, when EMA is on
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -301,7 +307,7 @@ def fake_dataset(data, bases, cfg: DictConfig, accelerator: Accelerator) -> Data
             cfg.fake.num_pairs,
             cfg.cache_dir,
             seed=seed,
-            sampler_kwargs=sampler_kwargs(cfg.sampler),
+            sampler_kwargs=fake_sampler_kwargs(cfg.sampler),
             shard_size=cfg.fake.shard_size,
             batch_size=cfg.fake.batch_size,
             base_config=_base_key(cfg),
