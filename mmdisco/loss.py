@@ -99,6 +99,9 @@ class JointLoss:
         bce: include L_D (False: the "L_DSM only" ablation).
         lambda_dsm: weight of L_DSM (0: the "L_D only" ablation).
         cond_dropout: probability of replacing a prompt by the empty one (text-conditional D).
+        t_power: t = floor(T u^p) with u ~ U[0, 1): 1 is the paper's uniform t; p > 1 spends
+            more of the batch on low-noise steps, where real and fake pairs differ most (the
+            synthetic demo uses 2: its D leaves the initial chance-level plateau sooner).
         residual_fp32: compute D's forward on real pairs and its input gradient r_m in float32
             with autocast disabled, even inside a mixed-precision (autocast) region; the base
             predictions and D's forward on fake pairs still follow the surrounding autocast.
@@ -110,7 +113,10 @@ class JointLoss:
         lambda_dsm: float = 1.0,
         cond_dropout: float = 0.1,
         residual_fp32: bool = True,
+        t_power: float = 1.0,
     ):
+        if t_power <= 0:
+            raise ValueError(f"t_power must be > 0 (1: uniform t, the paper's), got {t_power}")
         if not bce and lambda_dsm == 0:
             raise ValueError("JointLoss with bce=false and lambda_dsm=0 trains nothing: enable one")
         if lambda_dsm < 0:
@@ -119,6 +125,7 @@ class JointLoss:
             raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
         self.bce, self.lambda_dsm, self.cond_dropout = bool(bce), float(lambda_dsm), cond_dropout
         self.residual_fp32 = bool(residual_fp32)
+        self.t_power = float(t_power)
 
     def draw(
         self,
@@ -134,9 +141,13 @@ class JointLoss:
         if device is None:
             device = generator.device if generator is not None else "cpu"
         b_real, b_fake = real_shapes["audio"][0], fake_shapes["audio"][0]
-        t = torch.randint(
-            0, num_train_timesteps, (b_real + b_fake,), generator=generator, device=device
-        )
+        if self.t_power == 1.0:  # uniform over [0, T), the paper's
+            t = torch.randint(
+                0, num_train_timesteps, (b_real + b_fake,), generator=generator, device=device
+            )
+        else:  # t = floor(T u^p): density ~ t^(1/p - 1), more low-noise steps for p > 1
+            u = torch.rand(b_real + b_fake, generator=generator, device=device)
+            t = (num_train_timesteps * u**self.t_power).long().clamp(max=num_train_timesteps - 1)
         keep_real = keep_fake = None
         if conditional and self.cond_dropout > 0:
             keep_real = torch.rand(b_real, generator=generator, device=device) >= self.cond_dropout

@@ -104,3 +104,19 @@ def test_ld_only_does_not_touch_the_bases(bases):
     assert calls == []
     JointLoss(bce=True, lambda_dsm=1.0)(ConstantD(0.1), bases, pairs(4, 0), pairs(4, 1))
     assert calls  # L_DSM needs the base noise on real pairs
+
+
+def test_t_power_skews_t_towards_low_noise_and_keeps_the_range():
+    shapes = {"audio": (4000, 1), "video": (4000, 1)}
+    g = torch.Generator().manual_seed(0)
+    d_uniform = JointLoss().draw(1000, shapes, shapes, generator=g)
+    d_skewed = JointLoss(t_power=2.0).draw(1000, shapes, shapes, generator=g)
+    t_uniform = torch.cat([d_uniform.t_real, d_uniform.t_fake])
+    t_skewed = torch.cat([d_skewed.t_real, d_skewed.t_fake])
+    for t in (t_uniform, t_skewed):
+        assert t.min() >= 0 and t.max() <= 999 and t.dtype == torch.long
+    # P(t < 250) = 0.25 uniform, sqrt(0.25) = 0.5 with p = 2
+    assert abs((t_uniform < 250).float().mean() - 0.25) < 0.02
+    assert abs((t_skewed < 250).float().mean() - 0.5) < 0.02
+    with pytest.raises(ValueError, match="t_power"):
+        JointLoss(t_power=0.0)
