@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -42,17 +43,57 @@ def sampler_kwargs(sampler_cfg) -> dict:
     return {k: v for k, v in cfg.items() if not k.startswith("_") and v is not None}
 
 
+def text_conditional(bases) -> bool:
+    """Whether every base of the pair takes a prompt (``encode_prompt``)."""
+    try:
+        for m in bases.names:
+            bases[m].encode_prompt([""])
+    except NotImplementedError:
+        return False
+    return True
+
+
+def sampling_prompts(bases, data, prompts, num: int, seed: int) -> list[str] | None:
+    """One prompt per sample for text-conditional bases: ``prompts`` cycled, or (None) drawn
+    with a seeded generator from the data set's captions; None for unconditional bases."""
+    if not text_conditional(bases):
+        if prompts:
+            raise ValueError("these base models take no prompt: leave prompts=null")
+        return None
+    if prompts:
+        prompts = [str(p) for p in prompts]
+        return [prompts[i % len(prompts)] for i in range(num)]
+    captions = list(getattr(data, "captions", None) or [])
+    if not captions:
+        raise ValueError(
+            "text-conditional base models need prompts: pass prompts=['a dog barking', ...] "
+            "(the run's data set has no captions to draw from)"
+        )
+    rng = np.random.default_rng(seed)
+    return [captions[i] for i in rng.integers(len(captions), size=num)]
+
+
 def sample_in_batches(
-    sampler: JointSampler, num: int, batch_size: int, seed: int, device, progress=True
+    sampler: JointSampler,
+    num: int,
+    batch_size: int,
+    seed: int,
+    device,
+    progress=True,
+    prompts: list[str] | None = None,
 ):
-    """``num`` samples; batch i uses the generator seeded with seed + i (a seed names an output)."""
+    """``num`` samples; batch i uses the generator seeded with seed + i (a seed names an output).
+    ``prompts`` (one per sample) condition every base through its ``encode_prompt``."""
     outs: dict[str, list[torch.Tensor]] = {}
     starts = range(0, num, batch_size)
     for i, start in enumerate(tqdm(starts, disable=not progress, desc="batches")):
         gen = torch.Generator(device).manual_seed(seed + i)
-        xs = sampler.sample(
-            min(batch_size, num - start), generator=gen, device=device, progress=progress
-        )
+        n = min(batch_size, num - start)
+        conds = None
+        if prompts is not None:
+            batch = prompts[start : start + n]
+            conds = {m: sampler.bases[m].encode_prompt(batch) for m in sampler.bases.names}
+        xs = sampler.sample(n, conds=conds, generator=gen, device=device, progress=progress)
         for m, x in xs.items():
             outs.setdefault(m, []).append(x.detach().cpu())
     return {m: torch.cat(v) for m, v in outs.items()}

@@ -3,6 +3,10 @@
     python scripts/sample.py run_dir=runs/toy_ind num_samples=4000
     python scripts/sample.py run_dir=runs/toy_ind guided=false      # "no joint" baseline
     python scripts/sample.py run_dir=runs/toy_ind sampler.solver=ddim sampler.num_steps=50
+    python scripts/sample.py run_dir=runs/vc2 num_samples=8 prompts="[a dog barking, rain]"
+
+Text-conditional bases get one prompt per sample: ``prompts`` cycled, or (null) drawn with
+the seed from the run's data set captions; ``prompts.csv`` in the output folder records them.
 
 Bases that decode to media (an audio base with ``sample_rate``, a video base with ``fps``):
 one mp4 with sound per pair in ``run_dir/guided/`` (``unguided/`` with guided=false), named by
@@ -12,6 +16,7 @@ Data-space bases (the toy): ``samples.npz`` (one array per modality) and a scatt
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import hydra
@@ -19,7 +24,13 @@ import numpy as np
 from omegaconf import DictConfig
 
 from mmdisco.plots import toy_scatter
-from mmdisco.runs import load_run, sample_in_batches, sampler_kwargs, setup_torch
+from mmdisco.runs import (
+    load_run,
+    sample_in_batches,
+    sampler_kwargs,
+    sampling_prompts,
+    setup_torch,
+)
 from mmdisco.sampling import JointSampler
 
 
@@ -29,12 +40,18 @@ def main(cfg: DictConfig) -> None:
     run = load_run(cfg.run_dir, device, with_discriminator=cfg.guided)
     kwargs = {**sampler_kwargs(run.cfg.sampler), **sampler_kwargs(cfg.sampler)}
     sampler = JointSampler(run.bases, run.discriminator, **kwargs)
+    prompts = sampling_prompts(run.bases, run.data, cfg.prompts, cfg.num_samples, cfg.seed)
     samples = sample_in_batches(
-        sampler, cfg.num_samples, cfg.batch_size, cfg.seed, device, cfg.progress
+        sampler, cfg.num_samples, cfg.batch_size, cfg.seed, device, cfg.progress, prompts
     )
     if decodes_to_media(run.bases):
         out = Path(cfg.run_dir) / (cfg.out or ("guided" if cfg.guided else "unguided"))
         write_mp4s(run.bases, samples, out, cfg.progress)
+        if prompts is not None:  # which prompt made which file
+            with open(out / "prompts.csv", "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["file", "prompt"])
+                writer.writerows((f"{i:05d}.mp4", p) for i, p in enumerate(prompts))
     else:
         out = Path(cfg.run_dir) / (
             cfg.out or ("samples.npz" if cfg.guided else "samples_nojoint.npz")
