@@ -30,15 +30,22 @@ def toy_scatter(path, samples: np.ndarray, target=None, title: str = "", lim: fl
 
 
 def training_curves(csv_path, png_path, keys=("loss", "l_d", "l_dsm", "acc_real", "acc_fake")):
+    """Losses, accuracies and (when logged) the residual-to-base-noise norm ratio per modality
+    (``res_ratio_{m}`` of train_log.csv: how strongly D's guidance acts at scale 1)."""
     rows = list(csv.DictReader(open(csv_path)))
     if not rows:
         return
     steps = [int(r["step"]) for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    ratios = [k for k in rows[0] if k.startswith("res_ratio_")]
+    fig, axes = plt.subplots(1, 3 if ratios else 2, figsize=(13.5 if ratios else 9, 3.2))
     for k in keys:
         if k in rows[0]:
             ax = axes[1] if k.startswith("acc") else axes[0]
             ax.plot(steps, [float(r[k]) for r in rows], label=k)
+    for k in ratios:
+        axes[2].plot(steps, [float(r[k]) for r in rows], label=k.replace("res_ratio_", ""))
+    if ratios:
+        axes[2].set_title("||residual|| / ||base eps|| (scale 1)", fontsize=9)
     for ax in axes:
         ax.set_xlabel("step")
         ax.legend()
