@@ -36,6 +36,7 @@ PARAMS = {
     "ood_auffusion_vc2": 132_704_769,
     "ood_auffusion_vc2_transformer": 137_597_441,
     "ood_auffusion_vc2_frieren": 137_335_041,
+    "synthetic": 55_073,  # the synthetic world's small D (1-D audio stream, framewise head)
 }
 
 
