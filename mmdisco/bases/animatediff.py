@@ -54,7 +54,7 @@ HINT = (
 )
 
 
-class AnimateDiffBase(DiffusionBase):
+class AnimateDiffBase(ldm.FrameLatentShape, DiffusionBase):
     """AnimateDiff text-to-video: uint8 frames (B, F, H, W, 3) <-> latents (B, 4, F, h, w)."""
 
     def __init__(
@@ -131,11 +131,6 @@ class AnimateDiffBase(DiffusionBase):
         DDPMScheduler.from_config(self.scheduler_config).save_pretrained(path / "scheduler")
 
     # -- the protocol ------------------------------------------------------------------------
-    def sample_shape(self, batch_size: int) -> tuple[int, ...]:
-        f = self.vae_factor
-        channels = self.unet.config.in_channels
-        return (batch_size, channels, self.num_frames, self.height // f, self.width // f)
-
     def model_output(self, x_t: Tensor, t: Tensor, emb: Tensor) -> Tensor:
         """eps (B, 4, F, h, w) from x_t (B, 4, F, h, w), t (B,), emb (B, 77, 768)."""
         if emb is None:

@@ -43,6 +43,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import Tensor
 from transformers import AutoTokenizer, ClapTextModelWithProjection, SpeechT5HifiGan
 
+from mmdisco.bases import ldm
 from mmdisco.bases.ldm import (
     component_files,
     resolve_pretrained,
@@ -73,7 +74,7 @@ def required_files() -> list[str | tuple[str, ...]]:
     ]
 
 
-class AudioLDMBase(DiffusionBase):
+class AudioLDMBase(ldm.MelLatentShape, DiffusionBase):
     """AudioLDM: waveforms (B, N) at 16 kHz <-> latents (B, 8, T / 4, 16), CLAP text condition.
 
     ``duration`` (seconds) fixes N = duration * 16000 and T = 100 * duration (rounded up to a
@@ -139,22 +140,6 @@ class AudioLDMBase(DiffusionBase):
             mel=mel,
         )
         return base.float().eval().requires_grad_(False)
-
-    # -- shapes ----------------------------------------------------------------------------
-    @property
-    def num_samples(self) -> int:
-        return round(self.duration * self.sample_rate)
-
-    @property
-    def num_frames(self) -> int:
-        """Mel frames the VAE sees: duration * 100 rounded up to a multiple of the VAE scale."""
-        frames = math.ceil(self.num_samples / self.mel.config.hop_length)
-        return math.ceil(frames / self.vae_scale) * self.vae_scale
-
-    def sample_shape(self, batch_size: int) -> tuple[int, ...]:
-        s = self.vae_scale
-        channels = self.vae.config.latent_channels
-        return (batch_size, channels, self.num_frames // s, self.mel.config.n_mels // s)
 
     # -- the network -------------------------------------------------------------------------
     def model_output(self, x_t: Tensor, t: Tensor, emb: Tensor | None) -> Tensor:

@@ -161,7 +161,7 @@ def required_files(conditions: list[dict]) -> list[str | tuple[str, ...]]:
     return files
 
 
-class AuffusionBase(DiffusionBase):
+class AuffusionBase(ldm.MelLatentShape, DiffusionBase):
     """Auffusion: waveforms (B, N) at 16 kHz <-> latents (B, 4, T / 8, 32), CLIP text condition.
 
     ``duration`` fixes N = duration * 16000 and T = 100 * duration mel frames (rounded up to a
@@ -266,22 +266,6 @@ class AuffusionBase(DiffusionBase):
             mel=mel,
         )
         return base.float().eval().requires_grad_(False)
-
-    # -- shapes ----------------------------------------------------------------------------
-    @property
-    def num_samples(self) -> int:
-        return round(self.duration * self.sample_rate)
-
-    @property
-    def num_frames(self) -> int:
-        """Mel frames of a clip: duration * 100 rounded up to a multiple of the VAE's 8."""
-        frames = math.ceil(self.num_samples / self.mel.config.hop_length)
-        return math.ceil(frames / self.vae_scale) * self.vae_scale
-
-    def sample_shape(self, batch_size: int) -> tuple[int, ...]:
-        s = self.vae_scale
-        channels = self.vae.config.latent_channels
-        return (batch_size, channels, self.num_frames // s, self.mel.config.n_mels // s)
 
     # -- the network -------------------------------------------------------------------------
     def model_output(self, x_t: Tensor, t: Tensor, emb: Tensor | None) -> Tensor:

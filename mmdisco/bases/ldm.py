@@ -18,6 +18,7 @@ Plus :func:`frames_to_tensor` / :func:`tensor_to_frames` for uint8 video frames.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -309,3 +310,36 @@ def text_condition(
         pooled=cond.mean(dim=1),
         pooled_uncond=uncond.mean(dim=1),
     )
+
+
+# -- latent shapes shared by the wrappers -----------------------------------------------------
+class MelLatentShape:
+    """Shapes of a mel-spectrogram latent model (AudioLDM, Auffusion). The wrapper provides
+    ``duration``, ``sample_rate``, ``mel`` (a MelExtractor), ``vae`` and ``vae_scale``."""
+
+    @property
+    def num_samples(self) -> int:
+        return round(self.duration * self.sample_rate)
+
+    @property
+    def num_frames(self) -> int:
+        """Mel frames the VAE sees: samples / hop, rounded up to a multiple of the VAE scale."""
+        frames = math.ceil(self.num_samples / self.mel.config.hop_length)
+        return math.ceil(frames / self.vae_scale) * self.vae_scale
+
+    def sample_shape(self, batch_size: int) -> tuple[int, ...]:
+        """(B, latent channels, frames / scale, mels / scale): time before frequency."""
+        s = self.vae_scale
+        channels = self.vae.config.latent_channels
+        return (batch_size, channels, self.num_frames // s, self.mel.config.n_mels // s)
+
+
+class FrameLatentShape:
+    """Shape of a video latent model's samples (AnimateDiff, VideoCrafter2). The wrapper
+    provides ``unet``, ``num_frames``, ``height``, ``width`` and ``vae_factor``."""
+
+    def sample_shape(self, batch_size: int) -> tuple[int, ...]:
+        """(B, C, F, height / f, width / f)."""
+        f = self.vae_factor
+        channels = self.unet.config.in_channels
+        return (batch_size, channels, self.num_frames, self.height // f, self.width // f)

@@ -246,7 +246,7 @@ def videocrafter2_scheduler(**overrides: Any) -> DDPMScheduler:
     return DDPMScheduler(**{**kwargs, **overrides})
 
 
-class VideoCrafter2Base(DiffusionBase):
+class VideoCrafter2Base(ldm.FrameLatentShape, DiffusionBase):
     """VideoCrafter2 text-to-video: uint8 frames (B, F, H, W, 3) <-> latents (B, 4, F, h, w).
 
     ``model_output`` is the UNet's eps prediction at the fps condition ``fps`` (8 in MMDisCo);
@@ -312,11 +312,6 @@ class VideoCrafter2Base(DiffusionBase):
         DDPMScheduler.from_config(self.scheduler_config).save_pretrained(path / "scheduler")
 
     # -- the protocol ------------------------------------------------------------------------
-    def sample_shape(self, batch_size: int) -> tuple[int, ...]:
-        f = self.vae_factor
-        channels = self.unet.config.in_channels
-        return (batch_size, channels, self.num_frames, self.height // f, self.width // f)
-
     def model_output(self, x_t: Tensor, t: Tensor, emb: Tensor) -> Tensor:
         """eps (B, 4, F, h, w) from x_t (B, 4, F, h, w), t (B,), emb (B, 77, 1024)."""
         if emb is None:
