@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from bench_discriminator import timed  # same folder: one timing helper for both benchmarks
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import Tensor, nn
@@ -228,18 +228,6 @@ def base_forward(bases, real, conds, precision) -> Callable[[], None]:
             bases.predict_noise(real, t, conds)
 
     return step
-
-
-def timed(fn, device, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    sync()
-    return (time.perf_counter() - start) / repeats
 
 
 def num_params(module: nn.Module) -> float:

@@ -9,23 +9,10 @@ discriminator training) -> ``sample.py`` unguided and guided (mp4s with sound, s
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
+
+from script_runner import script
 
 from mmdisco.media import read_video_with_audio
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def script(name: str, *args: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / name), *args],
-        capture_output=True, text=True, cwd=ROOT,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        raise AssertionError(f"{name} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc.stdout
 
 
 def test_synthetic_world_end_to_end(tmp_path):
@@ -47,7 +34,9 @@ def test_synthetic_world_end_to_end(tmp_path):
     frames, fps, audio, sr = read_video_with_audio(run / "guided" / "00000.mp4", mono=True)
     assert frames.shape == (8, 32, 32, 3) and fps == 8 and sr == 16_000
     assert abs(len(audio) - 16_000) <= 160
-    out = script("evaluate.py", f"run_dir={run}", "samples=[unguided,guided]", "progress=false")
+    out = script(
+        "evaluate.py", f"run_dir={run}", "samples=[unguided,guided]", "progress=false"
+    ).stdout
     assert ["unguided", "guided"] in [line.split() for line in out.splitlines()], out
     for row in ("video_valid", "audio_valid", "semantic", "temporal"):
         assert any(line.startswith(row) for line in out.splitlines()), row

@@ -1,20 +1,17 @@
 """The toy experiment through the public scripts, plus its pieces."""
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from scipy.stats import multivariate_normal
+from script_runner import script
 
 from mmdisco.bases.toy import ToyBase, train_toy_base
 from mmdisco.data.toy import GaussianMixture, ToyPairs
 from mmdisco.metrics.toy import toy_metrics
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = [
     "base.train_steps=30",
     "base.hidden=[8,16,8]",
@@ -29,18 +26,6 @@ TINY = [
     "train.ckpt_every=10",
     "progress=false",
 ]
-
-
-def script(name, *args, check=True):
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / name), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{name} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def test_mixture_log_prob_matches_scipy():

@@ -10,28 +10,15 @@ with sound and a prompts.csv.
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 from hydra.utils import instantiate
+from script_runner import script
 from test_bases_pairs import SIZE, compose_pair, save_tiny_animatediff
 from tiny_audio_components import save_tiny_audioldm
 
 from mmdisco.media import read_video_with_audio, write_video_with_audio
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def script(name: str, *args: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / name), *args],
-        capture_output=True, text=True, cwd=ROOT,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        raise AssertionError(f"{name} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc.stdout + proc.stderr
 
 
 def make_vggsound_folder(root: Path) -> Path:
@@ -72,7 +59,8 @@ def test_train_and_sample_on_a_real_pair_with_a_folder_data_set(tmp_path):
         f"cache_dir={tmp_path / 'cache'}", f"run_dir={tmp_path / 'run'}",
         "threads=1", "progress=false",
     ]  # fmt: skip
-    log = script("train.py", *overrides)
+    proc = script("train.py", *overrides)
+    log = proc.stdout + proc.stderr
     assert "broken_000000.mp4" in log  # the corrupt clip is skipped, named, not fatal
     run = tmp_path / "run"
     assert (run / "discriminator.safetensors").exists()
@@ -88,5 +76,7 @@ def test_train_and_sample_on_a_real_pair_with_a_folder_data_set(tmp_path):
     assert frames.shape == (16, 32, 32, 3) and fps == 8 and sr == 16000
     with open(run / "guided" / "prompts.csv") as f:
         assert list(csv.reader(f)) == [
-            ["file", "prompt"], ["00000.mp4", "a dog barking"], ["00001.mp4", "a dog barking"]
+            ["file", "prompt"],
+            ["00000.mp4", "a dog barking"],
+            ["00001.mp4", "a dog barking"],
         ]
