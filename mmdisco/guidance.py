@@ -11,7 +11,7 @@ batched pass.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -70,25 +70,54 @@ def residual(
     return res, logit
 
 
+def scale_at(scale: float | Sequence[float], t: Tensor, num_train_timesteps: int):
+    """The joint scale of each sample: a float, or a list over equal-width buckets of [0, T)
+    picked by the sample's t (``mmdisco.calibration`` computes such lists)."""
+    if isinstance(scale, (int, float)):
+        return float(scale)
+    scales = torch.as_tensor(list(scale), dtype=torch.float32, device=t.device)
+    k = (t.long() * len(scales) // num_train_timesteps).clamp(0, len(scales) - 1)
+    return scales[k]  # (B,)
+
+
+def check_joint_scales(joint_scales) -> dict[str, float | list[float]]:
+    """One scale per modality: a float (all) or ``{m: float or [float per bucket of t]}``."""
+    if isinstance(joint_scales, str):
+        raise ValueError(
+            f"joint_scales={joint_scales!r}: 'auto' is read from a training run; resolve it with "
+            "mmdisco.runs.resolve_joint_scales('auto', run_dir) and pass the result"
+        )
+    if not isinstance(joint_scales, Mapping):
+        joint_scales = {m: float(joint_scales) for m in MODALITIES}
+    missing = set(MODALITIES) - set(joint_scales)
+    if missing:
+        raise ValueError(f"joint_scales lacks {sorted(missing)}: give one scale per modality")
+    out = {}
+    for m in MODALITIES:
+        s = joint_scales[m]
+        out[m] = float(s) if isinstance(s, (int, float)) else [float(x) for x in s]
+        if isinstance(out[m], list) and not out[m]:
+            raise ValueError(f"joint_scales[{m!r}] is an empty list: give >= 1 value")
+    return out
+
+
 class JointGuidance(nn.Module):
-    """A joint noise model: base noise plus the scaled discriminator residual (habit 2)."""
+    """A joint noise model: base noise plus the scaled discriminator residual (habit 2).
+
+    ``joint_scales``: a float, or per modality a float or a list over equal-width buckets of t.
+    """
 
     def __init__(
         self,
         bases,
         discriminator: nn.Module,
-        joint_scales: float | Mapping[str, float] = 1.0,
+        joint_scales: float | Mapping[str, float | Sequence[float]] = 1.0,
         discriminator_cfg: bool = True,
     ):
         super().__init__()
         self.bases = bases
         self.discriminator = discriminator
-        if not isinstance(joint_scales, Mapping):
-            joint_scales = {m: float(joint_scales) for m in MODALITIES}
-        missing = set(MODALITIES) - set(joint_scales)
-        if missing:
-            raise ValueError(f"joint_scales lacks {sorted(missing)}: give one scale per modality")
-        self.joint_scales = {m: float(joint_scales[m]) for m in MODALITIES}
+        self.joint_scales = check_joint_scales(joint_scales)
         self.discriminator_cfg = discriminator_cfg
 
     @property
@@ -121,7 +150,13 @@ class JointGuidance(nn.Module):
 
     def predict_noise(self, xs, t, conds=None) -> dict[str, Tensor]:
         eps = self.bases.predict_noise(xs, t, conds)
-        if all(s == 0.0 for s in self.joint_scales.values()):
+        flat = [s for v in self.joint_scales.values() for s in (v if isinstance(v, list) else [v])]
+        if all(s == 0.0 for s in flat):
             return eps
         res = self.residuals(xs, t, conds)
-        return {m: eps[m] + self.joint_scales[m] * res[m] for m in eps}
+        out = {}
+        for m in eps:
+            s = scale_at(self.joint_scales[m], t, self.schedules[m].num_train_timesteps)
+            s = s if isinstance(s, float) else expand_as(s.to(res[m].dtype), res[m])
+            out[m] = eps[m] + s * res[m]
+        return out

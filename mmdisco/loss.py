@@ -1,8 +1,17 @@
 """JointLoss: L = L_D + lambda * L_DSM (paper Eq. 9-10, 13-16).
 
 - L_D: binary cross-entropy on D's logit, real pairs = 1, fake pairs = 0 (each a batch mean).
-- L_DSM: on real pairs, || eps_m(m_t, t) + r_m - noise_m ||^2 (mean over elements, summed over
-  modalities), where r_m is D's residual noise (a double backward: d/dtheta of d logit / d m_t).
+- L_DSM: on real pairs, || eps_m(m_t, t) + r_m - noise_m ||^2 summed over modalities, where r_m
+  is D's residual noise (a double backward: d/dtheta of d logit / d m_t). ``dsm_reduction``
+  says what lambda = 1 means: "mean" averages over the elements of each modality (so L_DSM is
+  about 1 / N_m of the paper's squared norm per pair, N_m = 4096-65536 elements), "sum" takes
+  the squared L2 norm of each pair (the paper's ||.||^2) and averages over pairs.
+- Negatives (beyond the paper; its A.10.2 names temporal alignment as the open problem):
+  ``negatives={mismatch: f1, shift: f2}`` replaces those fractions of the fake batch by pairs
+  made from the real batch: the audio of one real clip with the video of another
+  (``mismatch``), or a real pair whose video is shifted in time by 1..``max_shift`` latent
+  frames (``shift``). They carry the real marginals, so D can only tell them by how the
+  modalities agree, which is exactly what guidance should enforce.
 
 One t is drawn per pair and shared by its modalities; the noises are independent.
 Base predictions are computed without gradient (the bases are frozen black boxes).
@@ -62,6 +71,7 @@ class Draws:
     noise_fake: dict[str, Tensor]  # {m: (B_fake, ...)}
     keep_real: Tensor | None = None  # (B_real,) bool
     keep_fake: Tensor | None = None  # (B_fake,) bool
+    shifts: Tensor | None = None  # (B_fake,) frames each shift negative's video moves
 
     def slice(self, start: int, stop: int) -> Draws:
         """Samples [start, stop) of real and of fake pairs (one process's share)."""
@@ -76,6 +86,7 @@ class Draws:
             {m: cut(x) for m, x in self.noise_fake.items()},
             cut(self.keep_real),
             cut(self.keep_fake),
+            cut(self.shifts),
         )
 
     def to(self, device) -> Draws:
@@ -89,7 +100,64 @@ class Draws:
             {m: move(x) for m, x in self.noise_fake.items()},
             move(self.keep_real),
             move(self.keep_fake),
+            move(self.shifts),
         )
+
+
+DSM_REDUCTIONS = ("mean", "sum")
+NEGATIVE_KINDS = ("mismatch", "shift")
+
+
+def check_negatives(negatives: Mapping[str, float] | None) -> dict[str, float]:
+    """``{mismatch: f, shift: f, max_shift: k}`` with f >= 0, sum of fractions <= 1, k >= 1."""
+    neg = dict(negatives or {})
+    unknown = set(neg) - {*NEGATIVE_KINDS, "max_shift"}
+    if unknown:
+        raise ValueError(
+            f"loss.negatives has unknown keys {sorted(unknown)}: use {NEGATIVE_KINDS} + max_shift"
+        )
+    out = {k: float(neg.get(k) or 0.0) for k in NEGATIVE_KINDS}
+    out["max_shift"] = int(neg.get("max_shift") or 2)
+    if any(v < 0 for v in out.values()) or sum(out[k] for k in NEGATIVE_KINDS) > 1:
+        raise ValueError(
+            f"loss.negatives fractions must be >= 0 and sum to <= 1 (of the fake batch), got {neg}"
+        )
+    if out["max_shift"] < 1:
+        raise ValueError(f"loss.negatives.max_shift must be >= 1 frame, got {out['max_shift']}")
+    return out
+
+
+def shift_time(x: Tensor, shifts: Tensor, axis: int) -> Tensor:
+    """Shift each sample of x along ``axis`` by ``shifts[i]`` steps (positive: later), filling
+    with the edge step (a held first / last frame), not wrapping around."""
+    n = x.shape[axis]
+    pos = torch.arange(n, device=x.device)
+    src = (pos[None, :] - shifts.to(x.device)[:, None]).clamp(0, n - 1)  # (B, n)
+    shape = [x.shape[0]] + [1] * (x.ndim - 1)
+    shape[axis] = n
+    index = src.reshape(shape).expand_as(x)
+    return torch.gather(x, axis, index)
+
+
+def make_negatives(real, fake, counts, shifts, time_axes):
+    """The fake batch with its first ``counts["mismatch"]`` pairs replaced by real audio with
+    the video of the next real pair (a cyclic derangement), and the following
+    ``counts["shift"]`` by real pairs whose video is shifted by ``shifts`` frames."""
+    n_mis, n_shift = counts["mismatch"], counts["shift"]
+    if n_mis + n_shift == 0:
+        return fake
+    b_real = real["audio"].shape[0]
+    out = {m: fake[m].clone() for m in MODALITIES}
+    if n_mis:
+        idx = torch.arange(n_mis, device=real["audio"].device) % b_real
+        out["audio"][:n_mis] = real["audio"][idx]
+        out["video"][:n_mis] = real["video"][(idx + 1) % b_real]
+    if n_shift:
+        idx = torch.arange(n_shift, device=real["audio"].device) % b_real
+        sl = slice(n_mis, n_mis + n_shift)
+        out["audio"][sl] = real["audio"][idx]
+        out["video"][sl] = shift_time(real["video"][idx], shifts, time_axes["video"])
+    return out
 
 
 class JointLoss:
@@ -100,8 +168,11 @@ class JointLoss:
         lambda_dsm: weight of L_DSM (0: the "L_D only" ablation).
         cond_dropout: probability of replacing a prompt by the empty one (text-conditional D).
         t_power: t = floor(T u^p) with u ~ U[0, 1): 1 is the paper's uniform t; p > 1 spends
-            more of the batch on low-noise steps, where real and fake pairs differ most (the
-            synthetic demo uses 2: its D leaves the initial chance-level plateau sooner).
+            more of the batch on low-noise steps, where real and fake pairs differ most.
+        dsm_reduction: "mean" (per element, per modality) or "sum" (squared L2 norm per pair,
+            the paper's); see the module docstring.
+        negatives: ``{"mismatch": f1, "shift": f2, "max_shift": k}``: fractions of the fake
+            batch replaced by mismatched / time-shifted real pairs (default: none, the paper's).
         residual_fp32: compute D's forward on real pairs and its input gradient r_m in float32
             with autocast disabled, even inside a mixed-precision (autocast) region; the base
             predictions and D's forward on fake pairs still follow the surrounding autocast.
@@ -114,7 +185,14 @@ class JointLoss:
         cond_dropout: float = 0.1,
         residual_fp32: bool = True,
         t_power: float = 1.0,
+        dsm_reduction: str = "mean",
+        negatives: Mapping[str, float] | None = None,
     ):
+        if dsm_reduction not in DSM_REDUCTIONS:
+            raise ValueError(
+                f"dsm_reduction must be one of {DSM_REDUCTIONS}, got {dsm_reduction!r}"
+            )
+        self.negatives = check_negatives(negatives)
         if t_power <= 0:
             raise ValueError(f"t_power must be > 0 (1: uniform t, the paper's), got {t_power}")
         if not bce and lambda_dsm == 0:
@@ -126,6 +204,7 @@ class JointLoss:
         self.bce, self.lambda_dsm, self.cond_dropout = bool(bce), float(lambda_dsm), cond_dropout
         self.residual_fp32 = bool(residual_fp32)
         self.t_power = float(t_power)
+        self.dsm_reduction = dsm_reduction
 
     def draw(
         self,
@@ -159,7 +238,25 @@ class JointLoss:
             }
 
         noise_real = noise(real_shapes)
-        return Draws(t[:b_real], t[b_real:], noise_real, noise(fake_shapes), keep_real, keep_fake)
+        noise_fake = noise(fake_shapes)
+        shifts = None
+        if self.negatives["shift"] > 0:  # +-1..max_shift frames, drawn last (no other draw moves)
+            k = self.negatives["max_shift"]
+            mag = torch.randint(1, k + 1, (b_fake,), generator=generator, device=device)
+            sign = torch.randint(0, 2, (b_fake,), generator=generator, device=device) * 2 - 1
+            shifts = mag * sign
+        return Draws(t[:b_real], t[b_real:], noise_real, noise_fake, keep_real, keep_fake, shifts)
+
+    def negative_counts(self, b_fake: int) -> dict[str, int]:
+        """How many of a (local) fake batch of ``b_fake`` pairs each kind of negative replaces."""
+        n_mis = round(self.negatives["mismatch"] * b_fake)
+        n_shift = min(round(self.negatives["shift"] * b_fake), b_fake - n_mis)
+        return {"mismatch": n_mis, "shift": n_shift}
+
+    def dsm_term(self, err: Tensor) -> Tensor:
+        """One modality's L_DSM from the per-element error (B, ...): see ``dsm_reduction``."""
+        sq = err**2
+        return sq.mean() if self.dsm_reduction == "mean" else sq.flatten(1).sum(1).mean()
 
     def noised(self, bases, pairs: Mapping[str, Tensor], t: Tensor, noise: Mapping[str, Tensor]):
         return {m: bases.schedules[m].add_noise(pairs[m], noise[m], t) for m in MODALITIES}
@@ -197,6 +294,13 @@ class JointLoss:
         real_conds = apply_keep(real_conds, draws.keep_real)
         fake_conds = apply_keep(fake_conds, draws.keep_fake)
 
+        counts = self.negative_counts(fake["audio"].shape[0])
+        if counts["mismatch"] + counts["shift"]:
+            shifts = None
+            if counts["shift"]:
+                shifts = draws.shifts[counts["mismatch"] : counts["mismatch"] + counts["shift"]]
+            axes = {m: bases[m].time_axis for m in MODALITIES}
+            fake = make_negatives(real, fake, counts, shifts, axes)
         xt_real = self.noised(bases, real, t_real, draws.noise_real)
         xt_fake = self.noised(bases, fake, t_fake, draws.noise_fake)
         terms: dict[str, Tensor] = {}
@@ -229,7 +333,7 @@ class JointLoss:
                 xs = {m: x.detach() for m, x in xt_real.items()}
                 eps = {m: e.float() for m, e in bases.predict_noise(xs, t_real, real_conds).items()}
             terms["l_dsm"] = sum(
-                ((eps[m] + res[m].float() - draws.noise_real[m]) ** 2).mean() for m in MODALITIES
+                self.dsm_term(eps[m] + res[m].float() - draws.noise_real[m]) for m in MODALITIES
             )
             for m in MODALITIES:
                 terms[f"res_norm_{m}"] = res[m].detach().float().flatten(1).norm(dim=1)

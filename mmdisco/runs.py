@@ -43,6 +43,26 @@ def sampler_kwargs(sampler_cfg) -> dict:
     return {k: v for k, v in cfg.items() if not k.startswith("_") and v is not None}
 
 
+def resolve_joint_scales(value, run_dir: str | Path | None = None):
+    """The joint scales a sampler gets: numbers / per-modality mappings as given; ``"auto"``:
+    those computed after training from held-out real pairs (``run_dir/joint_scales.json``);
+    None: 1.0 (the paper's)."""
+    if value is None:
+        return 1.0
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError(f"joint_scales must be a number, {{audio: .., video: ..}} or auto, "
+                             f"got {value!r}")  # fmt: skip
+        if run_dir is None:
+            raise ValueError("joint_scales=auto needs the training run's directory (run_dir)")
+        from mmdisco.calibration import SCALES_FILE, load_joint_scales
+
+        return load_joint_scales(Path(run_dir) / SCALES_FILE)
+    if isinstance(value, DictConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
 def text_conditional(bases) -> bool:
     """Whether every base of the pair takes a prompt (``encode_prompt``)."""
     try:

@@ -55,7 +55,7 @@ from mmdisco.runs import (
 RAW_WEIGHTS_FILE = "discriminator_raw.safetensors"  # the non-EMA weights, when EMA is on
 MIXED_PRECISION = ("no", "bf16", "fp16")
 # generator streams of one step (see step_generator)
-REAL_STREAM, FAKE_STREAM, LOSS_STREAM = 0, 1, 2
+REAL_STREAM, FAKE_STREAM, LOSS_STREAM, CALIBRATION_STREAM = 0, 1, 2, 3
 
 
 # -- randomness ---------------------------------------------------------------------------------
@@ -322,8 +322,17 @@ def fake_dataset(data, bases, cfg: DictConfig, accelerator: Accelerator) -> Data
     return TensorPairs(pairs)
 
 
-def pair_loader(dataset, tc, seed, stream, start, rank, world, pin) -> DataLoader:
-    sampler = StepIndices(len(dataset), tc.batch_size, seed, stream, start, tc.steps, rank, world)
+def holdout_count(num_real: int, holdout: float) -> int:
+    """Real pairs kept out of D training (the last ones of the store) to calibrate the joint
+    scales: ``holdout`` is a fraction of the real pairs, at least 1 pair when > 0."""
+    if not 0 <= holdout < 1:
+        raise ValueError(f"calibration.holdout must be in [0, 1), got {holdout}")
+    return 0 if holdout == 0 else min(num_real - 1, max(1, round(holdout * num_real)))
+
+
+def pair_loader(dataset, tc, seed, stream, start, rank, world, pin, num_items=None) -> DataLoader:
+    num = len(dataset) if num_items is None else num_items
+    sampler = StepIndices(num, tc.batch_size, seed, stream, start, tc.steps, rank, world)
     return DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -393,9 +402,14 @@ def train(cfg: DictConfig) -> Path:
         accelerator.scaler.load_state_dict(extra["scaler"])
 
     pin = device.type == "cuda"
+    cal = cfg.get("calibration") or {}
+    num_heldout = holdout_count(len(real), float(cal.get("holdout", 0.0)))
     loaders = [
-        pair_loader(ds, tc, cfg.seed, stream, start, rank, world, pin)
-        for ds, stream in ((real, REAL_STREAM), (fake, FAKE_STREAM))
+        pair_loader(ds, tc, cfg.seed, stream, start, rank, world, pin, n)
+        for ds, stream, n in (
+            (real, REAL_STREAM, len(real) - num_heldout),
+            (fake, FAKE_STREAM, len(fake)),
+        )
     ]
     num_t = bases.schedules["audio"].num_train_timesteps
     local = tc.batch_size // world
@@ -450,7 +464,42 @@ def train(cfg: DictConfig) -> Path:
                 barrier=accelerator.wait_for_everyone,
             )
     bar.close()
-    return finish(accelerator, disc, ema, run_dir, logs)
+    weights = finish(accelerator, disc, ema, run_dir, logs)
+    if main and num_heldout:
+        calibrate_run(cfg, bases, real, num_heldout, weights, device)
+    return weights
+
+
+def calibrate_run(cfg, bases, real, num_heldout: int, weights: Path, device) -> dict:
+    """Joint scales that minimise L_DSM on the held-out real pairs (``mmdisco.calibration``),
+    written to ``run_dir/joint_scales.json`` for ``joint_scales=auto``; returns them."""
+    from mmdisco.calibration import (
+        SCALES_FILE,
+        dsm_optimal_scales,
+        residual_statistics,
+        save_joint_scales,
+    )
+    from mmdisco.data.latents import collate_pairs
+    from mmdisco.io import load_module
+
+    cal = cfg.calibration
+    n = min(num_heldout, int(cal.max_pairs))
+    idx = list(range(len(real) - num_heldout, len(real) - num_heldout + n))
+    batch = batch_to(collate_pairs([real[i] for i in idx]), device)
+    conds = conditions(bases, batch)
+    disc = load_module(weights, instantiate(cfg.discriminator)).to(device).eval()
+    disc.requires_grad_(False)
+    gen = step_generator(cfg.seed, CALIBRATION_STREAM, 0)
+    pairs = {m: batch[m] for m in MODALITIES}
+    stats = residual_statistics(
+        disc, bases, pairs, int(cal.buckets), int(cal.draws), int(cal.batch_size), gen, conds
+    )
+    scales = dsm_optimal_scales(stats, per_bucket=bool(cal.per_bucket))
+    save_joint_scales(
+        Path(cfg.run_dir) / SCALES_FILE, scales, stats, {"heldout_pairs": n, "draws": cal.draws}
+    )
+    print(f"joint scales (L_DSM-optimal on {n} held-out real pairs): {scales}")
+    return scales
 
 
 def finish(accelerator: Accelerator, disc, ema: EMA | None, run_dir: Path, logs) -> Path:

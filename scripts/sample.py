@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 from mmdisco.plots import toy_scatter
 from mmdisco.runs import (
     load_run,
+    resolve_joint_scales,
     sample_in_batches,
     sampler_kwargs,
     sampling_prompts,
@@ -39,6 +40,9 @@ def main(cfg: DictConfig) -> None:
     device = setup_torch(cfg.device, cfg.threads)
     run = load_run(cfg.run_dir, device, with_discriminator=cfg.guided)
     kwargs = {**sampler_kwargs(run.cfg.sampler), **sampler_kwargs(cfg.sampler)}
+    if cfg.guided:
+        kwargs["joint_scales"] = resolve_joint_scales(kwargs.get("joint_scales"), cfg.run_dir)
+        print(f"joint scales: {kwargs['joint_scales']}")
     sampler = JointSampler(run.bases, run.discriminator, **kwargs)
     prompts = sampling_prompts(run.bases, run.data, cfg.prompts, cfg.num_samples, cfg.seed)
     samples = sample_in_batches(

@@ -2,10 +2,13 @@
 
     python scripts/toy_table.py                # writes outputs/toy_table/{table.md, *.png}
     python scripts/toy_table.py train.steps=2000 num_samples=1000   # a quicker, rougher table
+    python scripts/toy_table.py jobs=3 device=cuda     # variants in 3 parallel processes
 
 For IND and OOD targets: train D with {L_D only, L_DSM only, both}, sample 4000 pairs each
-(plus "no joint": the bases alone), evaluate against the exact target density.
-Extra arguments are passed to every `scripts/train.py` call except `num_samples=`.
+(plus "no joint": the bases alone) with the run's joint scales (default ``auto``: the
+L_DSM-optimal s* of held-out real pairs, shown in the table), evaluate against the exact target
+density. Extra arguments are passed to every `scripts/train.py` call except `num_samples=` and
+`jobs=`; `device=` also goes to `sample.py`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -42,19 +46,31 @@ def run_dir_of(data: str, variant: str) -> Path:
     return OUT / f"{data}_{variant.replace(' ', '').replace('+', '_')}"
 
 
+def variant_runs(data: str, variant: str, loss: list[str], num: str, extra: list[str], first):
+    """Train one variant, sample and evaluate it (and "no joint" with the first variant)."""
+    run_dir = run_dir_of(data, variant)
+    device = [a for a in extra if a.startswith("device=")]
+    run("train.py", "base=toy", f"data={data}", f"run_dir={run_dir}", *loss, *extra)
+    if first:  # "no joint": the same bases, no discriminator
+        run("sample.py", f"run_dir={run_dir}", f"num_samples={num}", "guided=false", *device)
+        run("evaluate.py", f"run_dir={run_dir}", "samples=samples_nojoint.npz")
+    run("sample.py", f"run_dir={run_dir}", f"num_samples={num}", *device)
+    run("evaluate.py", f"run_dir={run_dir}")
+
+
 def main(argv: list[str]) -> None:
     num = next((a.split("=", 1)[1] for a in argv if a.startswith("num_samples=")), "4000")
-    extra = [a for a in argv if not a.startswith("num_samples=")]
+    jobs = int(next((a.split("=", 1)[1] for a in argv if a.startswith("jobs=")), "1"))
+    extra = [a for a in argv if not a.startswith(("num_samples=", "jobs="))]
     start = time.time()
-    for data in DATASETS.values():
-        for i, (variant, loss) in enumerate(VARIANTS.items()):
-            run_dir = run_dir_of(data, variant)
-            run("train.py", "base=toy", f"data={data}", f"run_dir={run_dir}", *loss, *extra)
-            if i == 0:  # "no joint": the same bases, no discriminator
-                run("sample.py", f"run_dir={run_dir}", f"num_samples={num}", "guided=false")
-                run("evaluate.py", f"run_dir={run_dir}", "samples=samples_nojoint.npz")
-            run("sample.py", f"run_dir={run_dir}", f"num_samples={num}")
-            run("evaluate.py", f"run_dir={run_dir}")
+    todo = [
+        (data, variant, loss, num, extra, i == 0)
+        for data in DATASETS.values()
+        for i, (variant, loss) in enumerate(VARIANTS.items())
+    ]
+    variant_runs(*todo[0])  # first alone: it trains (and caches) the shared 1-D base
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        list(pool.map(lambda job: variant_runs(*job), todo[1:]))
     minutes = (time.time() - start) / 60
     rows = collect(int(num))
     table = render(rows, minutes, argv)
@@ -78,8 +94,19 @@ def collect(num: int) -> list:
         rows.append((label, "GT samples", toy_metrics(gt, target)))
         rows.append((label, "no joint", metrics(first, "samples_nojoint.npz")))
         for variant in VARIANTS:
-            rows.append((label, variant, metrics(run_dir_of(data, variant), "samples.npz")))
+            run_dir = run_dir_of(data, variant)
+            m = {**metrics(run_dir, "samples.npz"), "s*": joint_scales(run_dir)}
+            rows.append((label, variant, m))
     return rows
+
+
+def joint_scales(run_dir: Path) -> str:
+    """The run's L_DSM-optimal scales s* (audio / video), as sampled with joint_scales=auto."""
+    path = run_dir / "joint_scales.json"
+    if not path.exists():
+        return "-"
+    doc = json.loads(path.read_text())
+    return " / ".join(f"{doc[m]:.2f}" for m in ("audio", "video"))
 
 
 def figure() -> None:
@@ -107,14 +134,14 @@ def figure() -> None:
 def render(rows, minutes: float, argv: list[str]) -> str:
     lines = [
         "| target | method | NLL (exact) | NLL median | NLL (kernel 0.4) | within 3 std "
-        "| peaks covered |",
-        "|---|---|---|---|---|---|---|",
+        "| peaks covered | s* (a / v) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for label, variant, m in rows:
         lines.append(
             f"| {label} | {variant} | {m['nll']:.2f} | {m['nll_median']:.2f} | "
             f"{m['nll_kernel0.4']:.2f} | {100 * m['precision']:.1f}% | "
-            f"{m['peaks_covered']}/{m['num_peaks']} |"
+            f"{m['peaks_covered']}/{m['num_peaks']} | {m.get('s*', '-')} |"
         )
     cmd = " ".join(["python scripts/toy_table.py", *argv])
     lines.append(f"\n`{cmd}`: {minutes:.1f} min on this machine.\n")

@@ -64,9 +64,11 @@ def test_uncached_hub_id_offline_is_one_clear_error(tmp_path, monkeypatch):
 def test_vae_per_frame_and_chunking():
     vae = tiny_vae()
     x = torch.rand(2, 3, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    z = ldm.vae_encode(vae, x, chunk=4)
+    z = ldm.vae_encode(vae, x, chunk=4, posterior="mean")
     assert z.shape == (2, 4, 3, 8, 8)
-    torch.testing.assert_close(z, ldm.vae_encode(vae, x, chunk=1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        z, ldm.vae_encode(vae, x, chunk=1, posterior="mean"), rtol=1e-5, atol=1e-6
+    )
     frame = vae.encode(x[1, :, 2][None]).latent_dist.mean * 0.18215  # sample 1, frame 2
     torch.testing.assert_close(z[1, :, 2], frame[0], rtol=1e-5, atol=1e-6)
     y = ldm.vae_decode(vae, z, chunk=5)
@@ -109,3 +111,27 @@ def test_text_embeddings_layers_and_condition(tmp_path):
     torch.testing.assert_close(cond.uncond, ldm.clip_text_embeddings(tokenizer, encoder, [""]))
     torch.testing.assert_close(cond.pooled, last.mean(1))
     assert cond.pooled_uncond.shape == (1, 32) and cond.uses_cfg
+
+
+def test_vae_encode_posterior_sample_is_seeded_by_content_and_mean_on_request():
+    """Real latents are a posterior sample as in the official code, the same for the same
+    input whatever its batch; "mean" gives the posterior mean."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8), norm_num_groups=4, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+    ).eval()  # fmt: skip
+    x = torch.rand(3, 3, 16, 16) * 2 - 1
+    mean = ldm.vae_encode(vae, x, posterior="mean")
+    dist = vae.encode(x).latent_dist
+    torch.testing.assert_close(mean, dist.mean * vae.config.scaling_factor)
+    sample = ldm.vae_encode(vae, x)
+    again = ldm.vae_encode(vae, x[[2, 0, 1]], chunk=1)[[1, 2, 0]]  # other batch, other order
+    torch.testing.assert_close(sample, again)
+    assert not torch.allclose(sample, mean)
+    z = (sample / vae.config.scaling_factor - dist.mean) / dist.std  # standard normal draws
+    assert abs(z.mean().item()) < 0.2 and abs(z.std().item() - 1) < 0.2
+    with pytest.raises(ValueError, match="posterior"):
+        ldm.vae_encode(vae, x, posterior="mode")

@@ -94,7 +94,9 @@ def test_pair_config_samples_two_guided_steps_and_writes_an_mp4(pair, tmp_path):
     with torch.no_grad():  # zero-initialised output layers would make the guidance vanish
         for p in disc.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    sampler = instantiate(cfg.sampler)(bases, disc, num_steps=2)
+    assert cfg.sampler.joint_scales == "auto"  # resolved from a trained run; a number here
+    assert cfg.discriminator.fusion == "transformer"  # a head that can couple (issue 10)
+    sampler = instantiate(cfg.sampler)(bases, disc, num_steps=2, joint_scales=1.0)
     unguided_sampler = instantiate(cfg.sampler)(bases, None, num_steps=2)
     shapes = bases.sample_shapes(1)
     guided = sampler.sample(1, conds=conds, generator=torch.Generator().manual_seed(0))

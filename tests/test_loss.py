@@ -120,3 +120,63 @@ def test_t_power_skews_t_towards_low_noise_and_keeps_the_range():
     assert abs((t_skewed < 250).float().mean() - 0.5) < 0.02
     with pytest.raises(ValueError, match="t_power"):
         JointLoss(t_power=0.0)
+
+
+# -- L_DSM reduction and negatives (issue 10) -------------------------------------------------
+def test_dsm_sum_reduction_is_the_per_pair_squared_norm(bases):
+    """With eps = 0 and r = 0, "sum" gives E||noise||^2 per pair = the element count per pair,
+    "mean" the per-element energy 1, per modality."""
+    real = {"audio": torch.zeros(4000, 3), "video": torch.zeros(4000, 5)}
+    fake = {"audio": torch.zeros(2, 3), "video": torch.zeros(2, 5)}
+    out = {}
+    for red in ("mean", "sum"):
+        loss = JointLoss(bce=False, dsm_reduction=red)
+        out[red] = loss(
+            ConstantD(0.0), bases, real, fake, generator=torch.Generator().manual_seed(0)
+        )
+    assert out["mean"]["l_dsm"].item() == pytest.approx(2.0, abs=0.05)
+    assert out["sum"]["l_dsm"].item() == pytest.approx(3 + 5, abs=0.2)
+    with pytest.raises(ValueError, match="dsm_reduction"):
+        JointLoss(dsm_reduction="max")
+
+
+def test_shift_time_holds_the_edge_frames_and_does_not_wrap():
+    from mmdisco.loss import shift_time
+
+    x = torch.arange(5.0).reshape(1, 1, 5, 1).repeat(3, 2, 1, 2)  # (B, C, F=5, W)
+    out = shift_time(x, torch.tensor([1, -2, 0]), axis=2)
+    assert out[0, 0, :, 0].tolist() == [0, 0, 1, 2, 3]  # later by 1: first frame held
+    assert out[1, 1, :, 1].tolist() == [2, 3, 4, 4, 4]  # earlier by 2: last frame held
+    assert torch.equal(out[2], x[2])
+
+
+def test_negatives_replace_fake_pairs_by_mismatched_and_shifted_real_pairs(bases):
+    from mmdisco.loss import make_negatives
+
+    real = {
+        "audio": torch.arange(4.0).reshape(4, 1, 1),
+        "video": torch.arange(4.0).reshape(4, 1, 1).repeat(1, 1, 3) * 10 + torch.arange(3.0),
+    }
+    fake = {"audio": -torch.ones(8, 1, 1), "video": -torch.ones(8, 1, 3)}
+    counts = JointLoss(negatives={"mismatch": 0.25, "shift": 0.5}).negative_counts(8)
+    assert counts == {"mismatch": 2, "shift": 4}
+    out = make_negatives(real, fake, counts, torch.tensor([1, -1, 1, 1]), {"video": 2})
+    assert out["audio"][:, 0, 0].tolist() == [0, 1, 0, 1, 2, 3, -1, -1]
+    assert out["video"][0, 0].tolist() == [10, 11, 12]  # audio 0 with video 1
+    assert out["video"][1, 0].tolist() == [20, 21, 22]  # audio 1 with video 2
+    assert out["video"][2, 0].tolist() == [0, 0, 1]  # pair 0, video later by one frame
+    assert out["video"][3, 0].tolist() == [11, 12, 12]  # pair 1, video earlier by one frame
+    assert torch.equal(out["video"][6:], fake["video"][6:])  # the rest stay base fakes
+
+
+def test_negatives_leave_the_other_draws_unchanged_and_are_checked():
+    shapes = {"audio": (16, 1), "video": (16, 2)}
+    plain = JointLoss().draw(1000, shapes, shapes, generator=torch.Generator().manual_seed(0))
+    neg = JointLoss(negatives={"shift": 0.5, "max_shift": 3})
+    drawn = neg.draw(1000, shapes, shapes, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(plain.t_real, drawn.t_real) and torch.equal(plain.t_fake, drawn.t_fake)
+    assert all(torch.equal(plain.noise_fake[m], drawn.noise_fake[m]) for m in shapes)
+    assert drawn.shifts.abs().min() >= 1 and drawn.shifts.abs().max() <= 3
+    for bad in ({"mismatch": 0.7, "shift": 0.5}, {"swap": 0.1}, {"shift": -0.1}):
+        with pytest.raises(ValueError, match="negatives"):
+            JointLoss(negatives=bad)

@@ -11,11 +11,10 @@ Model facts:
   because ``UNetMotionModel`` folds frames into the batch (diffusers
   ``pipelines/animatediff/pipeline_animatediff.py``: ``prompt_embeds.repeat_interleave(
   num_frames, dim=0)`` before calling the UNet).
-- Schedule: the SD scheduler's betas 0.00085 .. 0.012 over 1000 steps, eps-prediction; the
-  paper samples with the "linear" beta schedule (AnimateDiff's own inference configs use
-  ``beta_schedule: linear``); ``beta_schedule=None`` keeps the scheduler config's own
-  ("scaled_linear" for SD-1.5 models), which is what the released MMDisCo config
-  ``audioldm_animediff_vggsound.yaml`` runs (``use_linear_schedule: false``).
+- Schedule: the SD scheduler's betas 0.00085 .. 0.012 over 1000 steps, eps-prediction. The
+  default ``beta_schedule=None`` keeps the scheduler config's own ("scaled_linear" for SD-1.5
+  models), as MMDisCo's Table 6 and its released config ``audioldm_animediff_vggsound.yaml``
+  (``use_linear_schedule: false``); ``"linear"`` is what AnimateDiff's own inference configs use.
 - MMDisCo's settings: 16 frames of 256 x 256 (latent (4, 16, 32, 32)), 8 fps
   (AnimateDiff's default export rate), classifier-free guidance 7.5.
 
@@ -70,10 +69,12 @@ class AnimateDiffBase(ldm.FrameLatentShape, DiffusionBase):
         width: int = 256,
         fps: float = 8,
         guidance_scale: float = 7.5,
-        beta_schedule: str | None = "linear",
+        beta_schedule: str | None = None,
         vae_chunk: int = 8,
+        posterior: str = "sample",
     ):
         super().__init__()
+        self.posterior = posterior  # VAE posterior of real latents: "sample" (official) or "mean"
         self.unet2d_config, self.adapter_config = dict(unet.config), dict(motion_adapter.config)
         self.unet = UNetMotionModel.from_unet2d(unet, motion_adapter)
         self.vae, self.text_encoder, self.tokenizer = vae, text_encoder, tokenizer
@@ -147,7 +148,7 @@ class AnimateDiffBase(ldm.FrameLatentShape, DiffusionBase):
     def encode(self, media: Any) -> Tensor:
         """uint8 frames (B, F, H, W, 3) -> latents (B, 4, F, height/8, width/8)."""
         x = ldm.frames_to_tensor(media, self.height, self.width)
-        return ldm.vae_encode(self.vae, x, self.vae_chunk)
+        return ldm.vae_encode(self.vae, x, self.vae_chunk, self.posterior)
 
     def decode(self, latents: Tensor) -> Tensor:
         """latents (B, 4, F, h, w) -> uint8 frames (B, F, 8h, 8w, 3)."""

@@ -92,8 +92,10 @@ class AudioLDMBase(ldm.MelLatentShape, DiffusionBase):
         duration: float = 2.0,
         guidance_scale: float = 2.5,
         mel: str | MelConfig | dict = "audioldm",
+        posterior: str = "sample",
     ):
         super().__init__()
+        self.posterior = posterior  # VAE posterior of real latents: "sample" (official) or "mean"
         self.unet, self.vae, self.text_encoder, self.vocoder = unet, vae, text_encoder, vocoder
         self.tokenizer = tokenizer
         self.scheduler_config = dict(scheduler_config)
@@ -124,6 +126,7 @@ class AudioLDMBase(ldm.MelLatentShape, DiffusionBase):
         duration: float = 2.0,
         guidance_scale: float = 2.5,
         mel: str | MelConfig | dict = "audioldm",
+        posterior: str = "sample",
     ) -> AudioLDMBase:
         """A hub id or a local directory in diffusers layout; frozen, eval mode, float32."""
         root = resolve_pretrained(pretrained, required_files(), HINT)
@@ -138,6 +141,7 @@ class AudioLDMBase(ldm.MelLatentShape, DiffusionBase):
             duration=duration,
             guidance_scale=guidance_scale,
             mel=mel,
+            posterior=posterior,
         )
         return base.float().eval().requires_grad_(False)
 
@@ -190,12 +194,12 @@ class AudioLDMBase(ldm.MelLatentShape, DiffusionBase):
     @torch.no_grad()
     def encode(self, media) -> Tensor:
         """Waveforms (B, N) at 16 kHz, N = duration * 16000 -> latents (B, 8, T / 4, 16):
-        AudioLDM's log-mel (B, 1, T, 64), then the VAE's posterior mean * scaling factor."""
+        AudioLDM's log-mel (B, 1, T, 64), then a VAE posterior sample (``posterior``) * scaling."""
         wave = as_waveform(media, self.num_samples).to(self.mel.mel_basis.device)
         hop = self.mel.config.hop_length
         wave = F.pad(wave, (0, self.num_frames * hop - wave.shape[1]))  # AudioLDM's pad_wav
         log_mel = self.mel(wave).unsqueeze(1)  # (B, 1, T, 64)
-        return vae_encode(self.vae, log_mel)
+        return vae_encode(self.vae, log_mel, posterior=self.posterior)
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:

@@ -50,8 +50,10 @@ Choices made here:
   inside :meth:`model_output`, :meth:`encode` and :meth:`decode`. For 2.0 s: (B, 4, 25, 32).
 - The padding noise is fixed (drawn once from ``pad_seed``) rather than fresh at every call as
   in the official code, so that ``model_output`` is a deterministic function of
-  (x_t, t, condition); the silence latent is the VAE posterior mean (official: a sample).
-- ``encode`` uses the VAE posterior mean; the waveform is not round-tripped through int16.
+  (x_t, t, condition); the silence latent is a VAE posterior sample, as in the official code.
+- ``encode`` draws a VAE posterior sample as the official code does (``posterior="sample"``,
+  seeded by the input's content, so it is deterministic; ``"mean"``: the posterior mean); the
+  waveform is not round-tripped through int16.
 """
 
 from __future__ import annotations
@@ -184,8 +186,10 @@ class AuffusionBase(ldm.MelLatentShape, DiffusionBase):
         pad_frames: int | None = 1024,
         pad_seed: int = 0,
         mel: str | MelConfig | dict = "auffusion",
+        posterior: str = "sample",
     ):
         super().__init__()
+        self.posterior = posterior  # VAE posterior of real latents: "sample" (official) or "mean"
         if not len(text_encoders) == len(tokenizers) == len(adapters) == len(conditions):
             raise ValueError("one tokenizer, adapter and condition entry per text encoder")
         self.unet, self.vae, self.vocoder = unet, vae, vocoder
@@ -230,6 +234,7 @@ class AuffusionBase(ldm.MelLatentShape, DiffusionBase):
         pad_frames: int | None = 1024,
         pad_seed: int = 0,
         mel: str | MelConfig | dict = "auffusion",
+        posterior: str = "sample",
     ) -> AuffusionBase:
         """A hub id or a local directory in Auffusion's layout; frozen, eval mode, float32."""
         if not Path(pretrained).exists() and ldm.HUB_ID.match(str(pretrained)):
@@ -264,6 +269,7 @@ class AuffusionBase(ldm.MelLatentShape, DiffusionBase):
             pad_frames=pad_frames,
             pad_seed=pad_seed,
             mel=mel,
+            posterior=posterior,
         )
         return base.float().eval().requires_grad_(False)
 
@@ -340,7 +346,8 @@ class AuffusionBase(ldm.MelLatentShape, DiffusionBase):
         image = spectrogram_to_image(self.mel(wave))  # (B, 3, 256, T) in [-1, 1]
         pad = max(0, (self.pad_frames or 0) - frames)
         image = F.pad(image, (0, pad), value=-1.0)  # pad_spec's 0 in [0, 1]: silence
-        return vae_encode(self.vae, image)[..., : frames // self.vae_scale]
+        z = vae_encode(self.vae, image, posterior=self.posterior)
+        return z[..., : frames // self.vae_scale]
 
     @torch.no_grad()
     def encode(self, media) -> Tensor:

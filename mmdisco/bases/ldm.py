@@ -18,6 +18,7 @@ Plus :func:`frames_to_tensor` / :func:`tensor_to_frames` for uint8 video frames.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -238,18 +239,37 @@ def _frames_back(y: Tensor, bf: tuple[int, ...] | None) -> Tensor:
     return y if bf is None else y.unflatten(0, bf).transpose(1, 2).contiguous()
 
 
+POSTERIORS = ("sample", "mean")
+
+
+def content_generator(x: Tensor) -> torch.Generator:
+    """A CPU generator seeded by the bytes of ``x``: the same input always draws the same noise,
+    whatever batch, rank or resumed run it is encoded in."""
+    digest = hashlib.sha256(x.detach().float().cpu().numpy().tobytes()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
 @torch.no_grad()
-def vae_encode(
-    vae, x: Tensor, chunk: int = 8, sample: bool = False, generator: torch.Generator | None = None
-) -> Tensor:
+def vae_encode(vae, x: Tensor, chunk: int = 8, posterior: str = "sample") -> Tensor:
     """Images (B, 3, H, W) or videos (B, 3, F, H, W) in [-1, 1] -> latents * scaling_factor,
-    (B, C, h, w) or (B, C, F, h, w); the posterior mean unless ``sample`` (SD-style latents:
-    Rombach et al. 2022, scaling factor from the VAE's config, 0.18215 for SD-1/2)."""
+    (B, C, h, w) or (B, C, F, h, w) (SD-style latents: Rombach et al. 2022, scaling factor from
+    the VAE's config, 0.18215 for SD-1/2).
+
+    ``posterior="sample"`` draws from the VAE posterior, as the official MMDisCo code encodes
+    real data (``latent_dist.sample()``), with noise seeded by each image's content
+    (:func:`content_generator`), so an encoding is a deterministic function of its input;
+    ``"mean"`` takes the posterior mean, which is smoother than any latent a base samples: a
+    discriminator could tell real pairs by that alone at low noise."""
+    if posterior not in POSTERIORS:
+        raise ValueError(f"posterior must be one of {POSTERIORS}, got {posterior!r}")
     flat, bf = _frames_first(x.to(vae.device, vae.dtype))
     out = []
     for part in flat.split(chunk):
         dist = vae.encode(part).latent_dist
-        out.append(dist.sample(generator) if sample else dist.mean)
+        if posterior == "mean":
+            out.append(dist.mean)
+        else:
+            out.append(dist.sample([content_generator(p) for p in part]))
     return _frames_back(torch.cat(out) * vae.config.scaling_factor, bf)
 
 

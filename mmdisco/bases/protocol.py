@@ -89,6 +89,8 @@ class DiffusionBase(nn.Module):
     prediction_type: str = "epsilon"
     sample_rate: int | None = None  # audio bases: rate of the waveform ``decode`` returns
     fps: float | None = None  # video bases: frame rate of the frames ``decode`` returns
+    time_axis: int = 2  # the latent's axis (batch first) that runs over time: video frames in
+    # (B, C, F, H, W), STFT / mel frames in (B, C, T, F), samples in (B, 1, N)
 
     @property
     def device(self) -> torch.device:

@@ -267,8 +267,10 @@ class VideoCrafter2Base(ldm.FrameLatentShape, DiffusionBase):
         guidance_scale: float = 8.0,
         text_layer: int = 23,
         vae_chunk: int = 8,
+        posterior: str = "sample",
     ):
         super().__init__()
+        self.posterior = posterior  # VAE posterior of real latents: "sample" (official) or "mean"
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.scheduler_config = dict(scheduler.config)
         self.schedule, self.prediction_type = ldm.schedule_from_scheduler_config(
@@ -330,7 +332,7 @@ class VideoCrafter2Base(ldm.FrameLatentShape, DiffusionBase):
     def encode(self, media: Any) -> Tensor:
         """uint8 frames (B, F, H, W, 3) -> latents (B, 4, F, height/8, width/8)."""
         x = ldm.frames_to_tensor(media, self.height, self.width)
-        return ldm.vae_encode(self.vae, x, self.vae_chunk)
+        return ldm.vae_encode(self.vae, x, self.vae_chunk, self.posterior)
 
     def decode(self, latents: Tensor) -> Tensor:
         """latents (B, 4, F, h, w) -> uint8 frames (B, F, 8h, 8w, 3)."""

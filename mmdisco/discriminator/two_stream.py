@@ -20,7 +20,7 @@ from mmdisco.nn import timestep_embedding
 
 VIDEO_CONVS = ("2d+1d", "3d")
 AUDIO_CONVS = ("1d", "2d")
-FUSIONS = ("mlp", "transformer", "frieren", "framewise")
+FUSIONS = ("mlp", "transformer", "frieren", "framewise", "framewise_pooled")
 SINUSOIDS = ("adm", "diffusers")
 
 
@@ -232,7 +232,7 @@ class FramewiseHead(nn.Module):
     few hundred steps where the transformer heads need thousands.
     """
 
-    def __init__(self, feat_dim: int, hidden: Sequence[int] = (64,)):
+    def __init__(self, feat_dim: int, hidden: Sequence[int] = (64,), pooled: bool = False):
         super().__init__()
         if not hidden:
             raise ValueError("framewise fusion needs mlp_hidden, e.g. [64]: without a hidden "
@@ -242,6 +242,9 @@ class FramewiseHead(nn.Module):
             *(m for a, b in zip(widths[:-1], widths[1:]) for m in (nn.Linear(a, b), nn.SiLU()))
         )
         self.out = nn.Linear(widths[-1], 1)
+        # "framewise_pooled": plus a coupled score of the clip-level (time-averaged) features,
+        # which pools the evidence for what does not change over time (a class) over all frames
+        self.pooled = MeanConcatHead(feat_dim, hidden) if pooled else None
 
     def forward(self, video: Tensor, audio: Tensor, temb: Tensor) -> Tensor:
         frames = video.shape[1]  # video (B, F, C), audio (B, T, C)
@@ -249,7 +252,10 @@ class FramewiseHead(nn.Module):
             audio = F.interpolate(audio.transpose(1, 2), size=frames, mode="linear",
                                   align_corners=False).transpose(1, 2)  # (B, F, C)  # fmt: skip
         x = torch.cat([video, audio], dim=2)  # (B, F, 2C)
-        return self.out(self.mlp(x)).squeeze(2).mean(1)  # (B,)
+        logit = self.out(self.mlp(x)).squeeze(2).mean(1)  # (B,)
+        if self.pooled is not None:
+            logit = logit + self.pooled(video, audio, temb)  # (B,)
+        return logit
 
 
 class TransformerHead(nn.Module):
@@ -409,8 +415,8 @@ class TwoStreamDiscriminator(nn.Module):
         feat_dim = self.video_stream.out_channels
         if fusion == "mlp":
             self.head = MeanConcatHead(feat_dim, mlp_hidden)
-        elif fusion == "framewise":
-            self.head = FramewiseHead(feat_dim, mlp_hidden)
+        elif fusion in ("framewise", "framewise_pooled"):
+            self.head = FramewiseHead(feat_dim, mlp_hidden, pooled=fusion == "framewise_pooled")
         else:
             self.head = TransformerHead(
                 fusion, feat_dim, time_dim, fusion_dim, fusion_out_dim, fusion_layers,

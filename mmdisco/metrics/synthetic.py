@@ -260,25 +260,32 @@ def decode_audio(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Decoded:
 
 
 def _clip_row(path: Path, with_av_align: bool) -> dict:
-    """Per-clip record: both decodings, agreement flags, optional AV-Align."""
-    row = {"file": path.name}
+    """Per-clip record of an mp4 file: both decodings, agreement flags, optional AV-Align."""
     try:
         frames, fps, audio, sr = read_video_with_audio(path, sample_rate=SAMPLE_RATE, mono=True)
     except MediaError as e:
-        video = audio_dec = _invalid(f"unreadable: {e.reason}")
-        row["unreadable"] = True
-    else:
-        video, audio_dec = decode_video(frames), decode_audio(audio, sr)
-        row["unreadable"] = False
-        if with_av_align:
-            from mmdisco.metrics.av_align import av_align_score  # needs the eval extras
+        bad = _invalid(f"unreadable: {e.reason}")
+        return {"file": path.name, "unreadable": True, **_agreement(bad, bad)}
+    return {"file": path.name, **clip_row(frames, fps, audio, sr, with_av_align)}
 
-            row["av_align"] = av_align_score(frames, fps, audio, sr)
-    row.update({f"video_{k}": v for k, v in asdict(video).items()})
-    row.update({f"audio_{k}": v for k, v in asdict(audio_dec).items()})
-    row["both_valid"] = video.valid and audio_dec.valid
-    row["semantic"] = row["both_valid"] and video.label == audio_dec.label
-    row["temporal"] = row["both_valid"] and video.onset == audio_dec.onset
+
+def clip_row(frames: np.ndarray, fps: float, audio: np.ndarray, sr: int, with_av_align=False):
+    """Per-clip record of decoded media (frames (F, H, W, 3) uint8, mono audio): both
+    decodings, agreement flags, optional AV-Align."""
+    row = {"unreadable": False}
+    if with_av_align:
+        from mmdisco.metrics.av_align import av_align_score  # needs the eval extras
+
+        row["av_align"] = av_align_score(frames, fps, audio, sr)
+    return {**row, **_agreement(decode_video(frames), decode_audio(audio, sr))}
+
+
+def _agreement(video: Decoded, audio: Decoded) -> dict:
+    row = {f"video_{k}": v for k, v in asdict(video).items()}
+    row.update({f"audio_{k}": v for k, v in asdict(audio).items()})
+    row["both_valid"] = video.valid and audio.valid
+    row["semantic"] = row["both_valid"] and video.label == audio.label
+    row["temporal"] = row["both_valid"] and video.onset == audio.onset
     row["semantic_and_temporal"] = row["semantic"] and row["temporal"]
     return row
 

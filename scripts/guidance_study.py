@@ -1,0 +1,241 @@
+"""Guidance study on the synthetic world (issue 10): one row = one D recipe over several seeds.
+
+For each D seed: train a run (``train.py experiment=synthetic`` + the row's overrides; an
+existing finished run is reused), read its held-out calibration (``joint_scales.json``: residual
+/ base-noise ratio, L_DSM-optimal scale s*, cosine), sample the same 64 pairs guided at each
+joint scale (a number, or ``auto`` = s*) and score them with the world's decoders (in memory:
+the latents are decoded to frames and waveforms, not written as mp4). Unguided pairs (the same
+initial noise, no D) are scored once per sampler. Prints a table with mean +- std over seeds and
+writes ``<out>/<name>/results.json``.
+
+    python scripts/guidance_study.py --rows demo sum --seeds 0 1 2 --scales 1 10 auto
+    python scripts/guidance_study.py --rows all --jobs 12 --device cuda      # the README table
+    python scripts/guidance_study.py --rows mine -- loss.t_power=1            # extra overrides
+
+A row is a named recipe (``ROWS``: train.py overrides on top of ``experiment=synthetic``); extra
+overrides after ``--`` apply to every row (a row name not in ``ROWS`` runs with them alone).
+With ``--jobs N`` the rows run in N processes after one preparation step (data, latents, fakes,
+unguided pairs), and ``<out>/table.md`` collects them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+
+from mmdisco.metrics.synthetic import clip_row, summarize
+from mmdisco.runs import load_run, resolve_joint_scales, sample_in_batches, sampler_kwargs
+from mmdisco.sampling import JointSampler
+
+ROOT = Path(__file__).resolve().parent.parent
+METRICS = ("semantic", "temporal", "semantic_and_temporal", "video_valid", "audio_valid")
+NEG = "loss.negatives={mismatch: 0.25, shift: 0.25}"
+POOLED = "discriminator.fusion=framewise_pooled"
+ROWS = {  # name -> train.py overrides on top of experiment=synthetic (the candidates of issue 10)
+    "demo": [],
+    "dsm_sum": ["loss.dsm_reduction=sum"],
+    "uniform_t": ["loss.t_power=1"],
+    "negatives": [NEG],
+    "pooled_head": [POOLED],
+    "wide": ["discriminator.channels=32"],
+    "long": ["train.steps=2400"],
+    "neg_pooled": [NEG, POOLED],
+    "neg_pooled_sum": [NEG, POOLED, "loss.dsm_reduction=sum"],
+    "neg_pooled_uniform_long": [NEG, POOLED, "loss.t_power=1", "train.steps=2400"],
+    "neg_pooled_sum_uniform_long": [
+        NEG, POOLED, "loss.dsm_reduction=sum", "loss.t_power=1", "train.steps=2400"
+    ],
+    "mismatch_only": ["loss.negatives={mismatch: 0.5}", POOLED],
+    "neg_pooled_high_t": [NEG, POOLED, "loss.t_power=0.5"],
+    "neg_pooled_per_bucket": [NEG, POOLED, "calibration.per_bucket=true"],
+    "neg_pooled_no_renoise": [NEG, POOLED, "sampler.joint_num_steps=1"],
+}  # fmt: skip
+
+
+def train_run(run_dir: Path, seed: int, overrides: list[str], device: str, threads: int | None):
+    from mmdisco.training import train
+
+    if (run_dir / "discriminator.safetensors").exists() and (run_dir / "train_log.csv").exists():
+        return
+    args = ["experiment=synthetic", f"seed={seed}", f"run_dir={run_dir}", f"device={device}"]
+    if threads:
+        args.append(f"threads={threads}")
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=args + overrides)
+    train(cfg)
+
+
+def score(bases, samples, av_align: bool) -> dict:
+    """Decoder metrics of sampled latents (decoded in memory)."""
+    audio, video = bases["audio"], bases["video"]
+    waves = audio.decode(samples["audio"].to(audio.device)).cpu().numpy()
+    frames = video.decode(samples["video"].to(video.device)).cpu().numpy()
+    rows = [clip_row(f, video.fps, w, audio.sample_rate, av_align) for f, w in zip(frames, waves)]
+    return summarize(rows)
+
+
+def sample_pairs(run, discriminator, scales, kwargs, num, device, progress=False):
+    sampler = JointSampler(run.bases, discriminator, joint_scales=scales, **kwargs)
+    return sample_in_batches(sampler, num, num, 0, device, progress)
+
+
+def mean_std(values) -> str:
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    return f"{100 * v.mean():.1f} +- {100 * v.std():.1f}" if len(v) else "-"
+
+
+def parse_args():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--rows", nargs="+", default=["demo"], help=f"'all' or of {list(ROWS)}")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--scales", nargs="+", default=["1", "10", "auto"])
+    ap.add_argument("--num", type=int, default=64, help="pairs sampled per scale")
+    ap.add_argument("--out", default=str(ROOT / "outputs" / "study"))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--jobs", type=int, default=1, help="rows run in this many processes")
+    ap.add_argument("--av-align", action="store_true", help="also AV-Align (slower, needs cv2)")
+    ap.add_argument("overrides", nargs="*", help="train.py overrides added to every row")
+    a = ap.parse_args()
+    if a.rows == ["all"]:
+        a.rows = list(ROWS)
+    return a
+
+
+def main() -> None:
+    a = parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.jobs > 1 and len(a.rows) > 1:
+        return run_parallel(a)
+    for name in a.rows:
+        study_row(a, name, ROWS.get(name, []) + a.overrides)
+
+
+def run_parallel(a) -> None:
+    """Prepare once (data, latent cache, fakes, unguided pairs), then one process per row."""
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    prep = Path(a.out) / "_prep"
+    train_run(prep, 0, a.overrides + ["train.steps=1", "progress=false"], a.device, a.threads)
+    unguided(a, load_run(prep, a.device))
+    common = ["--scales", *a.scales, "--num", str(a.num)]
+    common += ["--out", a.out, "--device", a.device, "--jobs", "1"]
+    common += ["--threads", str(a.threads)] if a.threads else []
+    common += ["--av-align"] if a.av_align else []
+
+    def one(job):
+        name, seed = job
+        log = Path(a.out) / f"{name}-seed{seed}.log"
+        cmd = [sys.executable, __file__, "--rows", name, "--seeds", str(seed), *common]
+        with open(log, "w") as f:
+            rc = subprocess.run([*cmd, "--", *a.overrides], stdout=f, stderr=subprocess.STDOUT)
+        return job, rc.returncode
+
+    jobs = [(name, seed) for seed in a.seeds for name in a.rows]
+    with ThreadPoolExecutor(a.jobs) as pool:
+        for (name, seed), rc in pool.map(one, jobs):
+            print(f"{name} seed {seed}: {'ok' if rc == 0 else f'FAILED (rc {rc})'}", flush=True)
+    tables = [table(collect(Path(a.out), name)) for name in a.rows]
+    (Path(a.out) / "table.md").write_text("\n\n".join(tables) + "\n")
+    print("\n\n".join(tables))
+
+
+def unguided(a, run) -> dict:
+    """Scores of the pairs the bases make alone from the study's noise (once per sampler)."""
+    kwargs = sampler_kwargs(run.cfg.sampler)
+    kwargs.pop("joint_scales", None)
+    path = Path(a.out) / f"unguided-{_key(kwargs)}-{a.num}.json"
+    if not path.exists():
+        t0 = time.time()
+        pairs = sample_pairs(run, None, 0.0, kwargs, a.num, a.device)
+        res = {**score(run.bases, pairs, a.av_align), "sample_s": time.time() - t0}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(res))
+        tmp.replace(path)
+    return json.loads(path.read_text())
+
+
+def collect(out: Path, name: str) -> dict:
+    """A row's results over the seeds that finished (``<out>/<name>/seed*/study.json``)."""
+    rows = [json.loads(p.read_text()) for p in sorted((out / name).glob("seed*/study.json"))]
+    return {
+        "name": name,
+        "overrides": rows[0]["overrides"] if rows else [],
+        "seeds": {r["seed"]: r for r in rows},
+    }
+
+
+def study_row(a, name: str, overrides: list[str]) -> None:
+    out = Path(a.out) / name
+    for seed in a.seeds:
+        start = time.time()
+        run_dir = out / f"seed{seed}"
+        train_run(run_dir, seed, overrides + ["progress=false"], a.device, a.threads)
+        train_s = time.time() - start
+        run = load_run(run_dir, a.device)
+        kwargs = sampler_kwargs(run.cfg.sampler)
+        kwargs.pop("joint_scales", None)
+        cal = json.loads((run_dir / "joint_scales.json").read_text())
+        row = {"seed": seed, "overrides": overrides, "train_s": train_s, "calibration": cal}
+        row.update(scales={}, unguided=unguided(a, run))
+        for s in a.scales:
+            scales = resolve_joint_scales(s if s == "auto" else float(s), run_dir)
+            t0 = time.time()
+            pairs = sample_pairs(run, run.discriminator, scales, kwargs, a.num, a.device)
+            res = {**score(run.bases, pairs, a.av_align), "sample_s": time.time() - t0}
+            row["scales"][s] = {"joint_scales": scales, **res}
+        (run_dir / "study.json").write_text(json.dumps(row, indent=1, default=float))
+        print(summary_line(name, row), flush=True)
+    print(table(collect(Path(a.out), name)))
+
+
+def _key(kwargs) -> str:
+    return "-".join(f"{k}{v}" for k, v in sorted(kwargs.items()))
+
+
+def summary_line(name, row) -> str:
+    d = row["calibration"]["diagnostics"]
+    parts = [f"{name}: res/eps {d['audio']['res_ratio']:.4f}/{d['video']['res_ratio']:.4f}"]
+    parts.append(f"s* {row['calibration']['audio']}/{row['calibration']['video']}")
+    for s, r in row["scales"].items():
+        parts.append(f"@{s}: {100 * r['semantic']:.0f}/{100 * r['temporal']:.0f}")
+    return "  ".join(parts)
+
+
+def table(results) -> str:
+    rows = list(results["seeds"].values())
+    if not rows:
+        return f"row {results['name']}: no seed finished"
+    scales = list(rows[0]["scales"])
+    lines = [f"row {results['name']} ({len(rows)} seeds) overrides {results['overrides']}"]
+
+    def cal(m, key):
+        return [r["calibration"]["diagnostics"][m][key] for r in rows]
+
+    for m in ("audio", "video"):
+        s_star = [r["calibration"][m] for r in rows]
+        ratio = cal(m, "res_ratio")
+        lines.append(
+            f"  {m}: res/eps {np.mean(ratio):.4f} +- {np.std(ratio):.4f}"
+            f"  s* {np.mean(s_star):.2f} +- {np.std(s_star):.2f}"
+            f"  cos {np.mean(cal(m, 'cosine')):.3f}"
+        )
+    ung = rows[0]["unguided"]
+    lines.append("  unguided: " + "  ".join(f"{k} {100 * ung[k]:.1f}" for k in METRICS))
+    for s in scales:
+        cells = [f"{k} {mean_std([r['scales'][s][k] for r in rows])}" for k in METRICS]
+        lines.append(f"  scale {s}: " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
