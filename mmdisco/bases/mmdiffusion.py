@@ -96,6 +96,12 @@ def official_schedule() -> NoiseSchedule:
     return NoiseSchedule.ddpm("linear", 1000, 1e-4, 0.02)
 
 
+def _config(kind, overrides: dict | None):
+    """A config dataclass from the official defaults plus ``overrides`` (lists -> tuples)."""
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in (overrides or {}).items()}
+    return kind(**overrides)
+
+
 # -- the super-resolution stage ----------------------------------------------------------------
 def respaced_steps(num_train_timesteps: int, num_steps: int) -> list[int]:
     """guided-diffusion's ``space_timesteps(T, "ddim<n>")``: the stride-s steps 0, s, 2s, ..
@@ -157,13 +163,21 @@ class MMDiffusionBase(nn.Module):
         self.views = {"audio": _AudioView(self, sample_rate), "video": _VideoView(self, fps)}
 
     @classmethod
-    def from_official(cls, checkpoint: str | Path, sr_checkpoint: str | Path | None = None, **kw):
-        """Load ``landscape.pt`` / ``AIST++.pt`` (and ``*_SR.pt``) strictly."""
-        unet = build_official("base")
+    def from_official(
+        cls,
+        checkpoint: str | Path,
+        sr_checkpoint: str | Path | None = None,
+        unet_config: dict | None = None,
+        sr_config: dict | None = None,
+        **kw,
+    ) -> MMDiffusionBase:
+        """Load ``landscape.pt`` / ``AIST++.pt`` (and ``*_SR.pt``) strictly; ``*_config``
+        override the official hyper-parameters (tiny test networks)."""
+        unet = CoupledUNet(_config(CoupledUNetConfig, unet_config))
         unet.load_state_dict(load_official_checkpoint(checkpoint), strict=True)
         sr = None
         if sr_checkpoint is not None:
-            sr = build_official("sr")
+            sr = SuperResUNet(_config(SuperResUNetConfig, sr_config))
             sr.load_state_dict(load_official_checkpoint(sr_checkpoint), strict=True)
         return cls(unet, sr, **kw).eval().requires_grad_(False)
 
