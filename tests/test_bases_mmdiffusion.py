@@ -2,7 +2,7 @@
 
 Fixtures were recorded once by running researchmm/MM-Diffusion's own modules
 (``mm_diffusion/multimodal_unet.py``, ``image_unet.py``, ``multimodal_script_util.create_model``,
-``script_util.image_sr_create_model``, commit of the public snapshot) in a scratch directory
+``script_util.image_sr_create_model``, commit 7250222) in a scratch directory
 outside this repository (see tests/fixtures/README_mmdiffusion.md):
 
 - ``mmdiffusion_{base,sr}_keys.json``: name -> shape of the full-size networks built with
