@@ -8,7 +8,9 @@ guided one from base models and a discriminator.
 Solvers (all written for x_t = alpha_t x_0 + sigma_t eps, so VP is not assumed):
 - ``ddpm``: ancestral sampling from the Gaussian posterior q(x_s | x_t, x_0) (Ho et al. 2020);
 - ``ddim``: Song et al. 2021, with ``eta`` (0 = deterministic);
-- ``dpmpp``: DPM-Solver++ multistep, orders 1-3 (Lu et al. 2022, data prediction).
+- ``dpmpp``: DPM-Solver++ multistep, orders 1-3 (Lu et al. 2022, data prediction);
+- ``dpm_singlestep``: singlestep DPM-Solver on logSNR-uniform continuous times with dynamic
+  thresholding, as MMDisCo samples MM-Diffusion (:mod:`mmdisco.dpm_solver`; VP only).
 On VP schedules they agree with diffusers' DDPMScheduler / DDIMScheduler /
 DPMSolverMultistepScheduler (tested to 1e-5).
 """
@@ -25,7 +27,7 @@ from tqdm.auto import tqdm
 
 from mmdisco.schedule import NoiseSchedule
 
-SOLVERS = ("ddpm", "ddim", "dpmpp")
+SOLVERS = ("ddpm", "ddim", "dpmpp", "dpm_singlestep")
 SPACINGS = ("linspace", "leading", "trailing")
 
 
@@ -188,8 +190,19 @@ class DPMSolverPP(Solver):
 
 
 def make_solver(
-    solver: str, schedule: NoiseSchedule, timesteps: list[int], order: int = 2, eta: float = 0.0
+    solver: str,
+    schedule: NoiseSchedule,
+    timesteps: list[int],
+    order: int = 2,
+    eta: float = 0.0,
+    **options,
 ) -> Solver:
+    """``options`` go to the solver (``dpm_singlestep``: thresholding, percentile); it places
+    its own ``len(timesteps)`` evaluations."""
+    if solver == "dpm_singlestep":
+        from mmdisco.dpm_solver import DPMSolverSinglestep
+
+        return DPMSolverSinglestep(schedule, len(timesteps), order=order, **options)
     if solver == "ddpm":
         return DDPMSolver(schedule, timesteps)
     if solver == "ddim":
@@ -256,6 +269,7 @@ class JointSampler:
         spacing: str = "linspace",
         joint_num_steps: int = 1,
         discriminator_cfg: bool = True,
+        solver_options: dict | None = None,
     ):
         from mmdisco.guidance import JointGuidance  # the one place D meets the bases
 
@@ -268,7 +282,7 @@ class JointSampler:
         )
         if solver not in SOLVERS:
             raise ValueError(f"solver {solver!r} is not one of {SOLVERS}")
-        if joint_num_steps > 1 and solver == "dpmpp":
+        if joint_num_steps > 1 and solver in ("dpmpp", "dpm_singlestep"):
             raise ValueError(
                 "joint_num_steps > 1 (re-noise recurrence) needs a one-step solver: the re-noised "
                 "sample leaves the trajectory that DPM-Solver++'s history describes. "
@@ -276,6 +290,7 @@ class JointSampler:
             )
         self.solver, self.num_steps, self.order, self.eta = solver, num_steps, order, eta
         self.spacing, self.joint_num_steps = spacing, joint_num_steps
+        self.solver_options = dict(solver_options or {})
         self.timesteps = make_timesteps(self._num_train_timesteps(), num_steps, spacing)
 
     def _num_train_timesteps(self) -> int:
@@ -304,7 +319,9 @@ class JointSampler:
                 raise ValueError("pass batch_size (or x_T)")
             x_T = self.initial_noise(self.bases.sample_shapes(batch_size), generator, device)
         solvers = {
-            m: make_solver(self.solver, sched, self.timesteps, self.order, self.eta)
+            m: make_solver(
+                self.solver, sched, self.timesteps, self.order, self.eta, **self.solver_options
+            )
             for m, sched in self.bases.schedules.items()
         }
 

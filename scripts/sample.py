@@ -39,6 +39,8 @@ from mmdisco.sampling import JointSampler
 def main(cfg: DictConfig) -> None:
     device = setup_torch(cfg.device, cfg.threads)
     run = load_run(cfg.run_dir, device, with_discriminator=cfg.guided)
+    if cfg.get("super_resolution") is not None:  # bases with an SR stage (MM-Diffusion)
+        run.bases.super_resolution = bool(cfg.super_resolution)
     kwargs = {**sampler_kwargs(run.cfg.sampler), **sampler_kwargs(cfg.sampler)}
     if cfg.guided:
         kwargs["joint_scales"] = resolve_joint_scales(kwargs.get("joint_scales"), cfg.run_dir)
