@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmdisco.bases.protocol import Condition, tree_select
-from mmdisco.guidance import MODALITIES, discriminator_condition, residual
+from mmdisco.bases.protocol import MODALITIES, Condition, tree_select
+from mmdisco.guidance import discriminator_condition, residual
 
 
 def apply_keep(conds, keep: Tensor | None):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from mmdisco.config import upgrade_run_config
+from mmdisco.guidance import JointGuidance
 from mmdisco.io import load_module, load_tensors, save_tensors
 from mmdisco.sampling import JointSampler
 
@@ -26,44 +29,51 @@ def setup_torch(device: str = "auto", threads: int | None = None) -> torch.devic
     return torch.device(device)
 
 
-def fake_sampler_kwargs(sampler_cfg) -> dict:
-    """The sampler settings for fake pairs: the run's sampler without the re-noise recurrence
-    (``joint_num_steps`` only matters with a discriminator; without one it would only repeat
-    each step's work)."""
-    return {**sampler_kwargs(sampler_cfg), "joint_num_steps": 1}
+def build_sampler(noise_model, sampler_cfg, **overrides) -> JointSampler:
+    """THE way a sampler is built from the ``sampler`` config group (a Hydra partial of
+    :class:`JointSampler`): ``overrides`` win over the config, then the noise model is bound."""
+    return instantiate(sampler_cfg, **overrides)(noise_model)
 
 
-def sampler_kwargs(sampler_cfg) -> dict:
-    """Sampler config -> JointSampler keyword arguments (drops Hydra keys and nulls)."""
-    cfg = (
-        OmegaConf.to_container(sampler_cfg, resolve=True)
-        if isinstance(sampler_cfg, DictConfig)
-        else dict(sampler_cfg)
+def resolve_joint_scales(value, run_dir: str | Path | None = None) -> float | dict[str, float]:
+    """``guidance.joint_scales`` -> what :class:`JointGuidance` takes: a float (every modality)
+    or ``{modality: float}``. The one place a configured scale is interpreted (``run_dir`` is
+    where a run's own estimate will be read from)."""
+    if isinstance(value, DictConfig):
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, Mapping):
+        return {str(m): float(s) for m, s in value.items()}
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise ValueError(
+        f"guidance.joint_scales must be a number or a mapping {{audio: .., video: ..}}, "
+        f"got {value!r}"
     )
-    return {k: v for k, v in cfg.items() if not k.startswith("_") and v is not None}
 
 
-def text_conditional(bases) -> bool:
-    """Whether every base of the pair takes a prompt (``encode_prompt``)."""
-    try:
-        for m in bases.names:
-            bases[m].encode_prompt([""])
-    except NotImplementedError:
-        return False
-    return True
+def build_guidance(bases, discriminator, guidance_cfg, run_dir: str | Path | None = None):
+    """The guided joint noise model of the ``guidance`` config group (paper Eq. 11-12)."""
+    scales = resolve_joint_scales(guidance_cfg.joint_scales, run_dir)
+    return JointGuidance(bases, discriminator, scales, bool(guidance_cfg.discriminator_cfg))
+
+
+def with_overrides(saved, overrides) -> DictConfig:
+    """A run's saved config group with the non-null keys of ``overrides`` on top."""
+    given = {k: v for k, v in OmegaConf.to_container(overrides).items() if v is not None}
+    return OmegaConf.merge(saved, given)
 
 
 def sampling_prompts(bases, data, prompts, num: int, seed: int) -> list[str] | None:
     """One prompt per sample for text-conditional bases: ``prompts`` cycled, or (None) drawn
     with a seeded generator from the data set's captions; None for unconditional bases."""
-    if not text_conditional(bases):
+    if not bases.text_conditional:
         if prompts:
             raise ValueError("these base models take no prompt: leave prompts=null")
         return None
     if prompts:
         prompts = [str(p) for p in prompts]
         return [prompts[i % len(prompts)] for i in range(num)]
-    captions = list(getattr(data, "captions", None) or [])
+    captions = list(data.captions)
     if not captions:
         raise ValueError(
             "text-conditional base models need prompts: pass prompts=['a dog barking', ...] "
@@ -75,6 +85,7 @@ def sampling_prompts(bases, data, prompts, num: int, seed: int) -> list[str] | N
 
 def sample_in_batches(
     sampler: JointSampler,
+    bases,
     num: int,
     batch_size: int,
     seed: int,
@@ -92,7 +103,7 @@ def sample_in_batches(
         conds = None
         if prompts is not None:
             batch = prompts[start : start + n]
-            conds = {m: sampler.bases[m].encode_prompt(batch) for m in sampler.bases.names}
+            conds = bases.encode_prompt(batch)
         xs = sampler.sample(n, conds=conds, generator=gen, device=device, progress=progress)
         for m, x in xs.items():
             outs.setdefault(m, []).append(x.detach().cpu())
@@ -103,9 +114,9 @@ def fake_pairs(bases, fake_cfg, sampler_cfg, path: Path, seed: int, device, prog
     """Pairs sampled independently from the bases, once; cached in ``path`` (safetensors)."""
     if path.exists():
         return load_tensors(path)
-    sampler = JointSampler(bases, None, **fake_sampler_kwargs(sampler_cfg))
+    sampler = build_sampler(bases, sampler_cfg, joint_num_steps=1)
     pairs = sample_in_batches(
-        sampler, fake_cfg.num_pairs, fake_cfg.batch_size, seed, device, progress
+        sampler, bases, fake_cfg.num_pairs, fake_cfg.batch_size, seed, device, progress
     )
     save_tensors(path, pairs)
     return pairs
@@ -128,7 +139,7 @@ def load_run(run_dir: str | Path, device="cpu", with_discriminator: bool = True)
             f"{cfg_path} not found: {run_dir} is not a training run. "
             f"Train one with `python scripts/train.py run_dir={run_dir} ...`."
         )
-    cfg = OmegaConf.load(cfg_path)
+    cfg = upgrade_run_config(OmegaConf.load(cfg_path))
     bases = instantiate(cfg.base).to(device)
     data = instantiate(cfg.data)
     disc = None

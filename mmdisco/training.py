@@ -40,15 +40,16 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from mmdisco.bases.protocol import MODALITIES
 from mmdisco.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
+from mmdisco.config import check_no_moved_keys
 from mmdisco.data.latents import TensorPairs, collate_pairs
-from mmdisco.guidance import MODALITIES
 from mmdisco.io import load_tensors, save_module, save_tensors
 from mmdisco.runs import (
     CONFIG_FILE,
     WEIGHTS_FILE,
+    build_sampler,
     fake_pairs,
-    fake_sampler_kwargs,
     setup_torch,
 )
 
@@ -263,7 +264,7 @@ def uses_latent_cache(data) -> bool:
     """Data sets of media clips (PairedVideoFolder, SyntheticPairs) go through the sharded latent
     caches of ``mmdisco.data.cache`` / ``mmdisco.fakes``; pair sets that live in memory (the
     toy) give their pairs with ``real_pairs`` and their fakes are sampled into the run dir."""
-    return hasattr(data, "cache_key") and hasattr(data, "for_bases")
+    return hasattr(data, "cache_key") and hasattr(data, "for_media_format")
 
 
 def _base_key(cfg: DictConfig) -> dict:
@@ -291,6 +292,12 @@ def real_dataset(data, bases, cfg: DictConfig, accelerator: Accelerator) -> Data
         return TensorPairs(load_tensors(path))
 
 
+def fake_sampler(bases, cfg: DictConfig):
+    """Fake pairs come from the bare bases with the run's solver settings and one joint step
+    (no guidance: the ``guidance`` group does not change them)."""
+    return build_sampler(bases, cfg.sampler, joint_num_steps=1)
+
+
 def fake_dataset(data, bases, cfg: DictConfig, accelerator: Accelerator) -> Dataset:
     """Pairs sampled independently from the bases, once: sharded over the ranks into
     ``<cache_dir>/fakes-<hash>`` (prompts drawn from the data's captions) for a cached data
@@ -307,7 +314,7 @@ def fake_dataset(data, bases, cfg: DictConfig, accelerator: Accelerator) -> Data
             cfg.fake.num_pairs,
             cfg.cache_dir,
             seed=seed,
-            sampler_kwargs=fake_sampler_kwargs(cfg.sampler),
+            sampler=fake_sampler(bases, cfg),
             shard_size=cfg.fake.shard_size,
             batch_size=cfg.fake.batch_size,
             base_config=_base_key(cfg),
@@ -358,6 +365,7 @@ def global_shapes(batch: dict, batch_size: int) -> dict[str, tuple[int, ...]]:
 def train(cfg: DictConfig) -> Path:
     """Train (or resume) the discriminator of ``cfg.run_dir``; returns the weights' path."""
     tc = cfg.train
+    check_no_moved_keys(cfg)
     check_train_config(tc)
     setup_torch(cfg.device, cfg.threads)
     accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=cfg.device == "cpu")

@@ -81,6 +81,9 @@ class AudioLDMBase(ldm.MelLatentShape, DiffusionBase):
     multiple of 4; the waveform is zero-padded to it before encoding and cut after decoding).
     """
 
+    text_conditional = True
+    decodes_to_media = True
+
     def __init__(
         self,
         unet: UNet2DConditionModel,

@@ -169,6 +169,9 @@ class AuffusionBase(ldm.MelLatentShape, DiffusionBase):
     padding) is the mel length the VAE encoder and the UNet see, as in the official MMDisCo.
     """
 
+    text_conditional = True
+    decodes_to_media = True
+
     def __init__(
         self,
         unet: UNet2DConditionModel,

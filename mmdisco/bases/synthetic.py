@@ -278,6 +278,8 @@ def resolve_pretrained(path: str | Path) -> Path:
 class SyntheticBase(DiffusionBase):
     """A data-space-like base with a codec: ``denoiser`` (PackedUNet), DDPM schedule, codec."""
 
+    decodes_to_media = True
+
     codec_class: type[LogSpectrogramCodec] | type[FrameCodec]
 
     def __init__(self, denoiser: PackedUNet, scheduler: DDPMScheduler, codec):

@@ -24,7 +24,6 @@ bases and its index, so 1 rank and W ranks write the same files.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import json
 import os
 import weakref
@@ -41,6 +40,7 @@ from tqdm.auto import tqdm
 
 from mmdisco.bases.protocol import Condition
 from mmdisco.data.folder import collate_clips
+from mmdisco.hashing import config_hash, plain
 from mmdisco.io import atomic_write_json, save_tensors
 
 CACHE_VERSION = 1
@@ -54,47 +54,13 @@ def shard_name(shard: int) -> str:
 
 
 # -- hashing -------------------------------------------------------------------------------
-def _plain(obj: Any) -> Any:
-    """DictConfig / Path / tuple -> JSON-able values."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(obj, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(obj, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def config_hash(key: Any) -> str:
-    """16 hex digits of the SHA-256 of the canonical JSON of ``key``."""
-    text = json.dumps(_plain(key), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def weights_fingerprint(module: torch.nn.Module) -> str:
-    """SHA-256 over a module's class, parameter and buffer names, shapes, dtypes and bytes."""
-    h = hashlib.sha256(type(module).__qualname__.encode())
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def bases_key(bases, base_config: Any = None) -> Any:
     """What identifies the bases in a cache key: the resolved base config (e.g. Hydra's
     ``cfg.base``) when given, else a fingerprint of every modality's weights (exact, but it
     reads all weights: seconds for GB-sized models)."""
     if base_config is not None:
-        return {"config": _plain(base_config)}
-    return {m: weights_fingerprint(bases[m]) for m in MODALITIES}
+        return {"config": plain(base_config)}
+    return bases.cache_key()
 
 
 # -- ranks and shards ----------------------------------------------------------------------
@@ -124,7 +90,7 @@ def build_shards(
     if (out_dir / INDEX_FILE).exists():
         return out_dir
     rank, world_size = resolve_ranks(rank, world_size, accelerator)
-    atomic_write_json(out_dir / KEY_FILE, _plain(key))
+    atomic_write_json(out_dir / KEY_FILE, plain(key))
     todo = [
         s for s in range(rank, num_shards, world_size) if not (out_dir / shard_name(s)).exists()
     ]
@@ -152,7 +118,7 @@ def write_index(out_dir: Path, key: dict, num_shards: int) -> dict:
     index = {
         "version": CACHE_VERSION,
         "hash": config_hash(key),
-        "key": _plain(key),
+        "key": plain(key),
         "num_shards": num_shards,
         "counts": [m["count"] for m in metas],
         "total": sum(m["count"] for m in metas),
@@ -169,22 +135,15 @@ def write_index(out_dir: Path, key: dict, num_shards: int) -> dict:
 _EMPTY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def empty_condition(base) -> Condition | None:
-    """``base.encode_prompt([""])`` computed once per base and device (None: the base is
-    not text-conditional)."""
-    device = _device_of(base)
-    cached = _EMPTY.get(base)
+def empty_conditions(bases) -> dict[str, Condition | None]:
+    """``bases.encode_prompt([""])`` computed once per bases object and device (None for a
+    modality that takes no prompt)."""
+    device = _device_of(bases)
+    cached = _EMPTY.get(bases)
     if cached is None or cached[0] != device:
-        try:
-            cond = base.encode_prompt([""])
-        except NotImplementedError:
-            cond = None
-        _EMPTY[base] = cached = (device, cond)
+        conds = bases.encode_prompt([""]) if bases.text_conditional else {}
+        _EMPTY[bases] = cached = (device, conds)
     return cached[1]
-
-
-def conditional_modalities(bases) -> list[str]:
-    return [m for m in MODALITIES if empty_condition(bases[m]) is not None]
 
 
 def prompt_tables(bases, prompts: list[str]) -> tuple[dict[str, Tensor], Tensor, list[str]]:
@@ -193,8 +152,9 @@ def prompt_tables(bases, prompts: list[str]) -> tuple[dict[str, Tensor], Tensor,
     distinct = list(dict.fromkeys(prompts))
     caption_index = torch.tensor([distinct.index(p) for p in prompts], dtype=torch.long)
     tables = {}
-    for m in conditional_modalities(bases):
-        cond = bases[m].encode_prompt(distinct)
+    conds = bases.encode_prompt(distinct) if bases.text_conditional else {}
+    for m in bases.conditional_names:
+        cond = conds[m]
         if not isinstance(cond.cond, Tensor):
             raise TypeError(f"{m} base condition is {type(cond.cond).__name__}, not a tensor")
         tables[f"{m}_cond"] = cond.cond.detach().cpu()
@@ -206,7 +166,7 @@ def prompt_tables(bases, prompts: list[str]) -> tuple[dict[str, Tensor], Tensor,
 # -- real latents ----------------------------------------------------------------------------
 def real_cache_dir(data, bases, cache_dir: str | os.PathLike, base_config: Any = None) -> Path:
     """``<cache_dir>/latents-<hash>`` for these bases and this (bound) data set."""
-    data.for_bases(bases)
+    data.for_media_format(bases.media_format())
     return Path(cache_dir) / f"latents-{config_hash(_real_key(data, bases, base_config))}"
 
 
@@ -235,13 +195,12 @@ def cache_real_latents(
     """Encode every readable clip of ``data`` once; return the cache directory.
 
     ``data``: a :class:`~mmdisco.data.folder.PairedVideoFolder` (or anything with its
-    ``for_bases``, ``cache_key``, ``note_skipped`` and Dataset interface, e.g.
-    ``SyntheticPairs``); ``bases``: ``bases["audio"]`` / ``bases["video"]`` with ``encode``
-    (and ``encode_prompt`` for the captions of text-conditional bases). Clips [s S, (s+1) S)
-    form shard s; skipped clips are left out and listed. With several ranks the index is
-    written by the last one to finish: read the cache after every rank returns (or pass
-    ``accelerator``, which synchronises). A second call with the same bases and data returns
-    at once.
+    ``for_media_format``, ``cache_key``, ``note_skipped`` and Dataset interface, e.g.
+    ``SyntheticPairs``); ``bases``: a :class:`~mmdisco.bases.protocol.JointBase` (``encode`` on the
+    pair's dict, ``encode_prompt`` for the captions of text-conditional bases). Clips [s S, (s+1) S)
+    form shard s; skipped clips are left out and listed. With several ranks the index is written by
+    the last one to finish: read the cache after every rank returns (or pass ``accelerator``, which
+    synchronises). A second call with the same bases and data returns at once.
     """
     if shard_size < 1 or batch_size < 1:
         raise ValueError(f"shard_size and batch_size must be >= 1, got {shard_size}, {batch_size}")
@@ -287,19 +246,19 @@ def _encode_shard(data, bases, indices, batch_size, num_workers) -> tuple[dict, 
         num_workers=num_workers,
         collate_fn=collate_clips,
     )
-    latents: dict[str, list[Tensor]] = {m: [] for m in MODALITIES}
+    latents: dict[str, list[Tensor]] = {m: [] for m in bases.names}
     captions, paths, skipped = [], [], []
     for batch in loader:
         data.note_skipped(batch["skipped"])
         skipped += [list(s) for s in batch["skipped"]]
         if not batch["caption"]:
             continue
-        latents["audio"].append(bases["audio"].encode(batch["audio"]).detach().cpu())
-        latents["video"].append(bases["video"].encode(batch["video"]).detach().cpu())
+        for m, z in bases.encode({m: batch[m] for m in bases.names}).items():
+            latents[m].append(z.detach().cpu())
         captions += batch["caption"]
         paths += batch["path"]
     tensors = {m: torch.cat(v) for m, v in latents.items() if v}
-    conditional = conditional_modalities(bases)
+    conditional = list(bases.conditional_names)
     if captions:
         tables, caption_index, _ = prompt_tables(bases, captions)
         tensors.update(tables, caption_index=caption_index)
@@ -411,19 +370,18 @@ def _missing_shards(path: Path) -> list[str]:
 
 def batch_conditions(bases, batch: Mapping[str, Any]) -> dict[str, Condition | None]:
     """Rebuild each modality's Condition for a collated ShardedPairs batch: cond (B, ...) and
-    pooled (B, D) from the batch, uncond / pooled_uncond (1, ...) from the base's empty
-    prompt (computed once per base), guidance scale from the base. None for a modality
+    pooled (B, D) from the batch, uncond / pooled_uncond (1, ...) from the bases' empty
+    prompt (computed once per bases), guidance scale from the base. None for a modality
     without ``{m}_cond`` in the batch (an unconditional base)."""
-    names = getattr(bases, "names", None) or list(bases.keys())
     out: dict[str, Condition | None] = {}
-    for m in names:
+    for m in bases.names:
         if f"{m}_cond" not in batch:
             out[m] = None
             continue
-        empty = empty_condition(bases[m])
+        empty = empty_conditions(bases).get(m)
         if empty is None:
             raise ValueError(f"the batch has {m}_cond but the {m} base is not text-conditional")
-        device = _device_of(bases[m])
+        device = _device_of(bases)
         pooled = batch.get(f"{m}_pooled")
         out[m] = Condition(
             cond=batch[f"{m}_cond"].to(device),
@@ -435,8 +393,8 @@ def batch_conditions(bases, batch: Mapping[str, Any]) -> dict[str, Condition | N
     return out
 
 
-def _device_of(base) -> torch.device:
+def _device_of(module) -> torch.device:
     try:
-        return next(base.parameters()).device
+        return next(module.parameters()).device
     except (StopIteration, AttributeError):
         return torch.device("cpu")

@@ -148,10 +148,10 @@ class SyntheticPairs:
     def __getitem__(self, index: int):
         return self.folder()[index]
 
-    def for_bases(self, bases) -> PairedVideoFolder:
-        """The synthetic bases carry no fps / size attributes: the world's are used, and
-        checked against any the bases do have."""
-        return self.folder().for_bases(bases)
+    def for_media_format(self, fmt) -> PairedVideoFolder:
+        """The synthetic bases fix no size: the world's are used, and checked against any
+        the bases do fix."""
+        return self.folder().for_media_format(fmt)
 
     def cache_key(self) -> dict:
         return {**self.folder().cache_key(), "seed": self.seed}

@@ -1,0 +1,64 @@
+"""Config checks shared by the scripts: keys that moved to another group, and old run configs.
+
+``sampler.joint_scales`` and ``sampler.discriminator_cfg`` moved to the ``guidance`` group
+(issue 11): the sampler only solves, the guidance is composed by the caller. A command-line
+override or a composed config that still uses the old key gets one error naming the new one;
+a run directory written before the move is read with its keys moved.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+MOVED_KEYS = {
+    "sampler.joint_scales": "guidance.joint_scales",
+    "sampler.discriminator_cfg": "guidance.discriminator_cfg",
+}
+
+
+def moved_key_error(old: str) -> str:
+    new = MOVED_KEYS[old]
+    return f"{old} moved to {new}: write {new}=... instead (e.g. {new}={{audio: 1.0, video: 8.0}})"
+
+
+def check_overrides(overrides: Iterable[str]) -> None:
+    """Raise ValueError for a command-line override (``key=value``, ``+key=``, ``~key``) of a
+    moved key."""
+    for arg in overrides:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if key in MOVED_KEYS:
+            raise ValueError(moved_key_error(key))
+
+
+def exit_on_moved_keys(argv: list[str]) -> None:
+    """For the scripts, before Hydra parses ``argv``: one line on stderr and exit status 2."""
+    try:
+        check_overrides(argv)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def check_no_moved_keys(cfg: DictConfig) -> None:
+    """Raise ValueError when a composed config still sets a moved key (e.g. from an own yaml)."""
+    for old in MOVED_KEYS:
+        if OmegaConf.select(cfg, old, default=None) is not None:
+            raise ValueError(moved_key_error(old))
+
+
+def upgrade_run_config(cfg: DictConfig) -> DictConfig:
+    """A saved run config with the moved keys in their new place (runs written before the
+    ``guidance`` group existed); newer configs are returned unchanged."""
+    with open_dict(cfg):
+        for old, new in MOVED_KEYS.items():
+            value = OmegaConf.select(cfg, old, default=None)
+            if value is None:
+                continue
+            group, key = old.split(".")
+            del cfg[group][key]
+            if OmegaConf.select(cfg, new, default=None) is None:
+                OmegaConf.update(cfg, new, value, force_add=True)
+    return cfg
