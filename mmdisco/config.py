@@ -1,4 +1,5 @@
-"""Config checks shared by the scripts: keys that moved to another group, and old run configs.
+"""Config checks shared by the scripts: ``train.*`` values, keys that moved to another group,
+and old run configs.
 
 ``sampler.joint_scales`` and ``sampler.discriminator_cfg`` moved to the ``guidance`` group
 (issue 11): the sampler only solves, the guidance is composed by the caller. A command-line
@@ -11,7 +12,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable
 
+import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+MIXED_PRECISION = ("no", "bf16", "fp16")
 
 MOVED_KEYS = {
     "sampler.joint_scales": "guidance.joint_scales",
@@ -62,3 +66,27 @@ def upgrade_run_config(cfg: DictConfig) -> DictConfig:
             if OmegaConf.select(cfg, new, default=None) is None:
                 OmegaConf.update(cfg, new, value, force_add=True)
     return cfg
+
+
+def check_train_config(tc, world_size: int = 1) -> None:
+    """One clear error per bad ``train.*`` value."""
+    if tc.mixed_precision not in MIXED_PRECISION:
+        raise ValueError(
+            f"train.mixed_precision must be one of {MIXED_PRECISION}, got {tc.mixed_precision!r}"
+        )
+    if tc.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("train.mixed_precision=fp16 needs a CUDA device; use bf16 (or no) on CPU")
+    for key in ("steps", "batch_size", "log_every", "ckpt_every", "t_buckets"):
+        if int(tc[key]) < 1:
+            raise ValueError(f"train.{key} must be >= 1, got {tc[key]}")
+    if tc.batch_size % world_size:
+        raise ValueError(
+            f"train.batch_size={tc.batch_size} (the global batch) is not divisible by the "
+            f"{world_size} processes: use a multiple of {world_size}"
+        )
+    if tc.ema_decay is not None and not 0 <= tc.ema_decay < 1:
+        raise ValueError(f"train.ema_decay must be in [0, 1) or null (off), got {tc.ema_decay}")
+    if tc.grad_clip is not None and not tc.grad_clip > 0:
+        raise ValueError(f"train.grad_clip must be > 0 or null (off), got {tc.grad_clip}")
+    if int(tc.num_workers) < 0:
+        raise ValueError(f"train.num_workers must be >= 0, got {tc.num_workers}")

@@ -1,4 +1,5 @@
-"""Glue shared by the scripts: devices, a run directory's contents, fake-pair pre-sampling."""
+"""Glue shared by the scripts: devices, a run directory's contents, guidance from its config,
+sampling in seeded batches."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from tqdm.auto import tqdm
 
 from mmdisco.config import upgrade_run_config
 from mmdisco.guidance import JointGuidance
-from mmdisco.io import load_module, load_tensors, save_tensors
+from mmdisco.io import load_module
 from mmdisco.sampling import JointSampler
 
 CONFIG_FILE = "config.yaml"
@@ -27,12 +28,6 @@ def setup_torch(device: str = "auto", threads: int | None = None) -> torch.devic
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(device)
-
-
-def build_sampler(noise_model, sampler_cfg, **overrides) -> JointSampler:
-    """THE way a sampler is built from the ``sampler`` config group (a Hydra partial of
-    :class:`JointSampler`): ``overrides`` win over the config, then the noise model is bound."""
-    return instantiate(sampler_cfg, **overrides)(noise_model)
 
 
 def resolve_joint_scales(value, run_dir: str | Path | None = None) -> float | dict[str, float]:
@@ -108,18 +103,6 @@ def sample_in_batches(
         for m, x in xs.items():
             outs.setdefault(m, []).append(x.detach().cpu())
     return {m: torch.cat(v) for m, v in outs.items()}
-
-
-def fake_pairs(bases, fake_cfg, sampler_cfg, path: Path, seed: int, device, progress=True):
-    """Pairs sampled independently from the bases, once; cached in ``path`` (safetensors)."""
-    if path.exists():
-        return load_tensors(path)
-    sampler = build_sampler(bases, sampler_cfg, joint_num_steps=1)
-    pairs = sample_in_batches(
-        sampler, bases, fake_cfg.num_pairs, fake_cfg.batch_size, seed, device, progress
-    )
-    save_tensors(path, pairs)
-    return pairs
 
 
 @dataclass

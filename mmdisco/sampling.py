@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from hydra.utils import instantiate
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -314,3 +315,9 @@ class JointSampler:
             return self.noise_model.predict_noise(xs, t, conds)
 
         return sample_lockstep(noise_fn, x_T, solvers, generator, self.joint_num_steps, progress)
+
+
+def build_sampler(noise_model, sampler_cfg, **overrides) -> JointSampler:
+    """THE way a sampler is built from the ``sampler`` config group (a Hydra partial of
+    :class:`JointSampler`): ``overrides`` win over the config, then the noise model is bound."""
+    return instantiate(sampler_cfg, **overrides)(noise_model)

@@ -28,13 +28,13 @@ from mmdisco.config import check_no_moved_keys, exit_on_moved_keys
 from mmdisco.plots import toy_scatter
 from mmdisco.runs import (
     build_guidance,
-    build_sampler,
     load_run,
     sample_in_batches,
     sampling_prompts,
     setup_torch,
     with_overrides,
 )
+from mmdisco.sampling import build_sampler
 
 
 @hydra.main(config_path="../configs", config_name="sample", version_base="1.3")

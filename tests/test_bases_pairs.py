@@ -30,7 +30,8 @@ from tiny_components import (
 from mmdisco.bases.animatediff import AnimateDiffBase
 from mmdisco.bases.videocrafter import VideoCrafter2Base, videocrafter2_scheduler
 from mmdisco.media import read_video_with_audio, write_video_with_audio
-from mmdisco.runs import build_guidance, build_sampler
+from mmdisco.runs import build_guidance
+from mmdisco.sampling import build_sampler
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 SIZE = dict(num_frames=16, height=32, width=32)  # 16 frames at 8 fps = the 2.0 s of audio

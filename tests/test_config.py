@@ -11,11 +11,11 @@ from tiny_pair_bases import synthetic_bases
 
 import mmdisco.sampling
 from mmdisco.config import check_no_moved_keys, check_overrides, upgrade_run_config
-from mmdisco.fakes import presample_fakes
 from mmdisco.guidance import JointGuidance
-from mmdisco.runs import build_guidance, build_sampler, resolve_joint_scales
-from mmdisco.sampling import JointSampler
-from mmdisco.training import fake_sampler
+from mmdisco.pairs.fakes import presample_fakes
+from mmdisco.pairs.prepare import fake_sampler
+from mmdisco.runs import build_guidance, resolve_joint_scales
+from mmdisco.sampling import JointSampler, build_sampler
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 

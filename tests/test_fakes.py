@@ -13,8 +13,9 @@ import pytest
 import torch
 from tiny_pair_bases import synthetic_bases, text_bases
 
-from mmdisco.data.cache import INDEX_FILE, ShardedPairs, batch_conditions, shard_name
-from mmdisco.fakes import presample_fakes, sample_seed, shard_prompts
+from mmdisco.pairs import ShardedPairs, batch_conditions
+from mmdisco.pairs.fakes import presample_fakes, sample_seed, shard_prompts
+from mmdisco.pairs.store import INDEX_FILE, shard_name
 from mmdisco.sampling import JointSampler
 
 TESTS = Path(__file__).resolve().parent
@@ -29,7 +30,7 @@ import torch
 torch.set_num_threads(1)
 from tiny_pair_bases import synthetic_bases
 import mmdisco.sampling
-from mmdisco.fakes import presample_fakes
+from mmdisco.pairs.fakes import presample_fakes
 from mmdisco.sampling import JointSampler
 
 sample = mmdisco.sampling.JointSampler.sample

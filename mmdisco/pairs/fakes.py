@@ -1,5 +1,5 @@
 """Fake pairs pre-sampled once from the independent base models (paper Sec. 3.3: 1K pairs
-in-domain, 10K out-of-domain), stored like the real-latent cache and read by ShardedPairs.
+in-domain, 10K out-of-domain), in the pair store (``mmdisco.pairs.store``) like the real pairs.
 
 Each pair is drawn by :class:`~mmdisco.sampling.JointSampler` without a discriminator (the
 modalities independent), with a prompt drawn from the data set's captions; text-conditional
@@ -24,14 +24,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mmdisco.data.cache import (
-    CACHE_VERSION,
-    bases_key,
-    batch_conditions,
-    build_shards,
-    config_hash,
-    prompt_tables,
-)
+from mmdisco.hashing import config_hash
+from mmdisco.pairs.prompts import batch_conditions, prompt_tables
+from mmdisco.pairs.real import bases_key
+from mmdisco.pairs.store import CACHE_VERSION, build_shards
 from mmdisco.sampling import JointSampler
 
 PROMPT_STREAM, NOISE_STREAM = 0, 1  # SeedSequence spawn keys: prompts and noise never overlap
@@ -93,7 +89,7 @@ def presample_fakes(
     empty prompt); ``sampler``: a :class:`JointSampler` over the bare ``bases`` with one joint step
     (default: ``JointSampler(bases)``); ``base_config``: the resolved base config for the hash
     (None: the weights' fingerprint). Read the result with
-    :class:`~mmdisco.data.cache.ShardedPairs`: latents, the prompt of each pair as its caption, and
+    :class:`~mmdisco.pairs.store.ShardedPairs`: latents, the prompt of each pair as its caption, and
     the conds / pooled vectors it was sampled with.
     """
     if num_pairs < 1 or shard_size < 1 or batch_size < 1:

@@ -1,10 +1,11 @@
-"""Sharded latent caches: real pairs encoded once by the bases, read back as a Dataset.
+"""The pair store: sharded safetensors written once, resumable, read back as a Dataset.
 
-Layout of a cache directory (``<cache_dir>/latents-<hash>`` for real pairs,
-``<cache_dir>/fakes-<hash>`` for pre-sampled fakes, see ``mmdisco.fakes``)::
+Both kinds of pairs the discriminator is trained on live in one layout (``mmdisco.pairs.real``:
+``<cache_dir>/latents-<hash>``, real pairs encoded by the bases' codecs; ``mmdisco.pairs.fakes``:
+``<cache_dir>/fakes-<hash>``, pairs pre-sampled from the bare bases)::
 
     key.json                 what the hash is of (base configs or weights, data config, ...)
-    shard-00000.safetensors  latents of clips [0, S), [S, 2S), ... (S = shard_size)
+    shard-00000.safetensors  latents of pairs [0, S), [S, 2S), ... (S = shard_size)
     ...
     index.json               written last: counts, captions, paths, skipped files
 
@@ -17,8 +18,8 @@ video latent). Its safetensors metadata ``meta`` (JSON) lists captions, paths an
 Every file is written atomically (temporary name, then rename), so a shard that exists is
 complete: a killed run resumes at the next missing shard. Rank r of W writes the shards
 s with s % W == r; the last rank to finish (or the main process, with an ``Accelerator``)
-writes index.json from the shards' metadata. A shard's content depends only on the data, the
-bases and its index, so 1 rank and W ranks write the same files.
+writes index.json from the shards' metadata. A shard's content depends only on its inputs and
+its index, so 1 rank and W ranks write the same files.
 """
 
 from __future__ import annotations
@@ -26,41 +27,28 @@ from __future__ import annotations
 import bisect
 import json
 import os
-import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from mmdisco.bases.protocol import Condition
-from mmdisco.data.folder import collate_clips
+from mmdisco.bases.protocol import MODALITIES
 from mmdisco.hashing import config_hash, plain
 from mmdisco.io import atomic_write_json, save_tensors
 
 CACHE_VERSION = 1
 INDEX_FILE = "index.json"
 KEY_FILE = "key.json"
-MODALITIES = ("audio", "video")
 
 
 def shard_name(shard: int) -> str:
     return f"shard-{shard:05d}.safetensors"
-
-
-# -- hashing -------------------------------------------------------------------------------
-def bases_key(bases, base_config: Any = None) -> Any:
-    """What identifies the bases in a cache key: the resolved base config (e.g. Hydra's
-    ``cfg.base``) when given, else a fingerprint of every modality's weights (exact, but it
-    reads all weights: seconds for GB-sized models)."""
-    if base_config is not None:
-        return {"config": plain(base_config)}
-    return bases.cache_key()
 
 
 # -- ranks and shards ----------------------------------------------------------------------
@@ -129,147 +117,6 @@ def write_index(out_dir: Path, key: dict, num_shards: int) -> dict:
     }
     atomic_write_json(out_dir / INDEX_FILE, index)
     return index
-
-
-# -- prompt tables -------------------------------------------------------------------------
-_EMPTY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def empty_conditions(bases) -> dict[str, Condition | None]:
-    """``bases.encode_prompt([""])`` computed once per bases object and device (None for a
-    modality that takes no prompt)."""
-    device = _device_of(bases)
-    cached = _EMPTY.get(bases)
-    if cached is None or cached[0] != device:
-        conds = bases.encode_prompt([""]) if bases.text_conditional else {}
-        _EMPTY[bases] = cached = (device, conds)
-    return cached[1]
-
-
-def prompt_tables(bases, prompts: list[str]) -> tuple[dict[str, Tensor], Tensor, list[str]]:
-    """Encode the distinct prompts once: ({m_cond: (U, ...), m_pooled: (U, D)} on the CPU,
-    caption_index (n,) long, the distinct prompts in order of first use)."""
-    distinct = list(dict.fromkeys(prompts))
-    caption_index = torch.tensor([distinct.index(p) for p in prompts], dtype=torch.long)
-    tables = {}
-    conds = bases.encode_prompt(distinct) if bases.text_conditional else {}
-    for m in bases.conditional_names:
-        cond = conds[m]
-        if not isinstance(cond.cond, Tensor):
-            raise TypeError(f"{m} base condition is {type(cond.cond).__name__}, not a tensor")
-        tables[f"{m}_cond"] = cond.cond.detach().cpu()
-        if cond.pooled is not None:
-            tables[f"{m}_pooled"] = cond.pooled.detach().cpu().clone()  # may alias cond
-    return tables, caption_index, distinct
-
-
-# -- real latents ----------------------------------------------------------------------------
-def real_cache_dir(data, bases, cache_dir: str | os.PathLike, base_config: Any = None) -> Path:
-    """``<cache_dir>/latents-<hash>`` for these bases and this (bound) data set."""
-    data.for_media_format(bases.media_format())
-    return Path(cache_dir) / f"latents-{config_hash(_real_key(data, bases, base_config))}"
-
-
-def _real_key(data, bases, base_config) -> dict:
-    return {
-        "kind": "real",
-        "version": CACHE_VERSION,
-        "bases": bases_key(bases, base_config),
-        "data": data.cache_key(),
-    }
-
-
-def cache_real_latents(
-    data,
-    bases,
-    cache_dir: str | os.PathLike,
-    base_config: Any = None,
-    shard_size: int = 256,
-    batch_size: int = 16,
-    num_workers: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-    accelerator=None,
-    progress: bool = True,
-) -> Path:
-    """Encode every readable clip of ``data`` once; return the cache directory.
-
-    ``data``: a :class:`~mmdisco.data.folder.PairedVideoFolder` (or anything with its
-    ``for_media_format``, ``cache_key``, ``note_skipped`` and Dataset interface, e.g.
-    ``SyntheticPairs``); ``bases``: a :class:`~mmdisco.bases.protocol.JointBase` (``encode`` on the
-    pair's dict, ``encode_prompt`` for the captions of text-conditional bases). Clips [s S, (s+1) S)
-    form shard s; skipped clips are left out and listed. With several ranks the index is written by
-    the last one to finish: read the cache after every rank returns (or pass ``accelerator``, which
-    synchronises). A second call with the same bases and data returns at once.
-    """
-    if shard_size < 1 or batch_size < 1:
-        raise ValueError(f"shard_size and batch_size must be >= 1, got {shard_size}, {batch_size}")
-    out_dir = real_cache_dir(data, bases, cache_dir, base_config)
-    if (out_dir / INDEX_FILE).exists():
-        _note_cached_skips(data, out_dir)
-        return out_dir
-    key = _real_key(data, bases, base_config)
-    num_shards = -(-len(data) // shard_size)
-
-    def make_shard(s: int):
-        indices = list(range(s * shard_size, min(len(data), (s + 1) * shard_size)))
-        return _encode_shard(data, bases, indices, batch_size, num_workers)
-
-    build_shards(
-        out_dir,
-        key,
-        num_shards,
-        make_shard,
-        rank,
-        world_size,
-        accelerator,
-        progress,
-        desc="encode real pairs",
-    )
-    if (out_dir / INDEX_FILE).exists():
-        _note_cached_skips(data, out_dir)
-        if hasattr(data, "report"):
-            data.report()
-    return out_dir
-
-
-def _note_cached_skips(data, out_dir: Path) -> None:
-    skipped = json.loads((out_dir / INDEX_FILE).read_text())["skipped"]
-    data.note_skipped([tuple(s) for s in skipped])
-
-
-@torch.no_grad()
-def _encode_shard(data, bases, indices, batch_size, num_workers) -> tuple[dict, dict]:
-    loader = DataLoader(
-        Subset(data, indices),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=collate_clips,
-    )
-    latents: dict[str, list[Tensor]] = {m: [] for m in bases.names}
-    captions, paths, skipped = [], [], []
-    for batch in loader:
-        data.note_skipped(batch["skipped"])
-        skipped += [list(s) for s in batch["skipped"]]
-        if not batch["caption"]:
-            continue
-        for m, z in bases.encode({m: batch[m] for m in bases.names}).items():
-            latents[m].append(z.detach().cpu())
-        captions += batch["caption"]
-        paths += batch["path"]
-    tensors = {m: torch.cat(v) for m, v in latents.items() if v}
-    conditional = list(bases.conditional_names)
-    if captions:
-        tables, caption_index, _ = prompt_tables(bases, captions)
-        tensors.update(tables, caption_index=caption_index)
-    meta = {
-        "count": len(captions),
-        "captions": captions,
-        "paths": paths,
-        "skipped": skipped,
-        "conditional": conditional,
-    }
-    return tensors, meta
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -368,33 +215,18 @@ def _missing_shards(path: Path) -> list[str]:
     return [shard_name(s) for s in range(last + 1) if shard_name(s) not in existing]
 
 
-def batch_conditions(bases, batch: Mapping[str, Any]) -> dict[str, Condition | None]:
-    """Rebuild each modality's Condition for a collated ShardedPairs batch: cond (B, ...) and
-    pooled (B, D) from the batch, uncond / pooled_uncond (1, ...) from the bases' empty
-    prompt (computed once per bases), guidance scale from the base. None for a modality
-    without ``{m}_cond`` in the batch (an unconditional base)."""
-    out: dict[str, Condition | None] = {}
-    for m in bases.names:
-        if f"{m}_cond" not in batch:
-            out[m] = None
-            continue
-        empty = empty_conditions(bases).get(m)
-        if empty is None:
-            raise ValueError(f"the batch has {m}_cond but the {m} base is not text-conditional")
-        device = _device_of(bases)
-        pooled = batch.get(f"{m}_pooled")
-        out[m] = Condition(
-            cond=batch[f"{m}_cond"].to(device),
-            uncond=empty.uncond if empty.uncond is not None else empty.cond,
-            guidance_scale=empty.guidance_scale,
-            pooled=None if pooled is None else pooled.to(device),
-            pooled_uncond=empty.pooled_uncond if empty.pooled_uncond is not None else empty.pooled,
-        )
+def collate_pairs(samples: Sequence[Mapping]) -> dict:
+    """Stack a list of :class:`ShardedPairs` samples into one batch dict (tensors stacked,
+    other values listed). Keys missing from some samples are an error: a batch is all
+    conditioned or none is."""
+    keys = set(samples[0])
+    for s in samples[1:]:
+        if set(s) != keys:
+            raise ValueError(
+                f"samples in one batch have different keys: {sorted(keys)} vs {sorted(s)}"
+            )
+    out = {}
+    for k in samples[0]:
+        values = [s[k] for s in samples]
+        out[k] = torch.stack(values) if isinstance(values[0], Tensor) else values
     return out
-
-
-def _device_of(module) -> torch.device:
-    try:
-        return next(module.parameters()).device
-    except (StopIteration, AttributeError):
-        return torch.device("cpu")
