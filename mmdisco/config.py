@@ -2,9 +2,10 @@
 and old run configs.
 
 ``sampler.joint_scales`` and ``sampler.discriminator_cfg`` moved to the ``guidance`` group
-(issue 11): the sampler only solves, the guidance is composed by the caller. A command-line
-override or a composed config that still uses the old key gets one error naming the new one;
-a run directory written before the move is read with its keys moved.
+(issue 11): the sampler only solves, the guidance is composed by the caller; the
+discriminator's ``mlp_hidden`` and ``fusion_*`` keys moved into its ``fusion`` mapping. A
+command-line override or a composed config that still uses an old key gets one error naming
+the new one; a run directory written before the move is read with its keys moved.
 """
 
 from __future__ import annotations
@@ -20,12 +21,19 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 MOVED_KEYS = {
     "sampler.joint_scales": "guidance.joint_scales",
     "sampler.discriminator_cfg": "guidance.discriminator_cfg",
+    "discriminator.mlp_hidden": "discriminator.fusion.mlp_hidden",
+    **{
+        f"discriminator.fusion_{k}": f"discriminator.fusion.{k}"
+        for k in ("dim", "out_dim", "layers", "heads", "head_dim", "max_tokens")
+    },
 }
+EXAMPLES = {"guidance.joint_scales": "{audio: 1.0, video: 8.0}"}
 
 
 def moved_key_error(old: str) -> str:
     new = MOVED_KEYS[old]
-    return f"{old} moved to {new}: write {new}=... instead (e.g. {new}={{audio: 1.0, video: 8.0}})"
+    example = f" (e.g. {new}={EXAMPLES[new]})" if new in EXAMPLES else ""
+    return f"{old} moved to {new}: write {new}=... instead{example}"
 
 
 def check_overrides(overrides: Iterable[str]) -> None:
@@ -58,11 +66,13 @@ def upgrade_run_config(cfg: DictConfig) -> DictConfig:
     ``guidance`` group existed); newer configs are returned unchanged."""
     with open_dict(cfg):
         for old, new in MOVED_KEYS.items():
-            value = OmegaConf.select(cfg, old, default=None)
-            if value is None:
-                continue
             group, key = old.split(".")
-            del cfg[group][key]
+            if group not in cfg or not isinstance(cfg[group], DictConfig) or key not in cfg[group]:
+                continue
+            value = cfg[group].pop(key)
+            parent = new.rsplit(".", 1)[0]
+            if isinstance(OmegaConf.select(cfg, parent), str):  # e.g. fusion: transformer
+                OmegaConf.update(cfg, parent, {"kind": OmegaConf.select(cfg, parent)}, merge=False)
             if OmegaConf.select(cfg, new, default=None) is None:
                 OmegaConf.update(cfg, new, value, force_add=True)
     return cfg

@@ -5,12 +5,14 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from script_runner import script
 from tiny_pair_bases import synthetic_bases
 
 import mmdisco.sampling
 from mmdisco.config import check_no_moved_keys, check_overrides, upgrade_run_config
+from mmdisco.discriminator.two_stream import TwoStreamDiscriminator
 from mmdisco.guidance import JointGuidance
 from mmdisco.pairs.fakes import presample_fakes
 from mmdisco.pairs.prepare import fake_sampler
@@ -110,3 +112,28 @@ def test_fakes_refuse_a_guided_sampler():
     guided = JointSampler(JointGuidance(bases, torch.nn.Identity()), solver="ddim", num_steps=2)
     with pytest.raises(ValueError, match="bare bases"):
         presample_fakes(bases, [], 2, "/nonexistent", sampler=guided)
+
+
+def test_discriminator_fusion_keys_moved_into_one_mapping():
+    with pytest.raises(
+        ValueError, match="discriminator.fusion_layers moved to discriminator.fusion.layers"
+    ):
+        check_overrides(["discriminator.fusion_layers=2"])
+    with pytest.raises(ValueError, match="discriminator.fusion.mlp_hidden"):
+        check_overrides(["discriminator.mlp_hidden=[64]"])
+    cfg = compose_train("discriminator.fusion.layers=3")
+    assert cfg.discriminator.fusion.kind == "framewise" and cfg.discriminator.fusion.layers == 3
+    # a run written with the flat keys builds the same module (same parameter names)
+    old = OmegaConf.to_container(compose_train().discriminator)
+    fusion = old.pop("fusion")
+    old.update({"fusion": fusion.pop("kind"), "mlp_hidden": fusion.pop("mlp_hidden")})
+    old.update({f"fusion_{k}": v for k, v in fusion.items()})
+    upgraded = upgrade_run_config(OmegaConf.create({"discriminator": old})).discriminator
+    torch.manual_seed(0)
+    a = instantiate(upgraded)
+    torch.manual_seed(0)
+    b = instantiate(compose_train().discriminator)
+    assert a.state_dict().keys() == b.state_dict().keys()
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    with pytest.raises(ValueError, match="unknown fusion settings"):
+        TwoStreamDiscriminator(fusion={"kind": "mlp", "width": 3})

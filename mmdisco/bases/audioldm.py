@@ -46,13 +46,13 @@ from transformers import AutoTokenizer, ClapTextModelWithProjection, SpeechT5Hif
 from mmdisco.bases import ldm
 from mmdisco.bases.ldm import (
     component_files,
-    resolve_pretrained,
     schedule_from_scheduler_config,
     vae_decode,
     vae_encode,
 )
 from mmdisco.bases.mel import MelConfig, MelExtractor, as_waveform
 from mmdisco.bases.protocol import Condition, DiffusionBase
+from mmdisco.pretrained import resolve_pretrained
 
 HUB_ID = "cvssp/audioldm-m-full"
 HINT = (

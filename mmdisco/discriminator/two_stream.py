@@ -10,6 +10,7 @@ fusion head turns them into one logit.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,44 @@ VIDEO_CONVS = ("2d+1d", "3d")
 AUDIO_CONVS = ("1d", "2d")
 FUSIONS = ("mlp", "transformer", "frieren", "framewise")
 SINUSOIDS = ("adm", "diffusers")
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """The fusion head over the pooled streams (``TwoStreamDiscriminator(fusion=...)``; a
+    config gives it as a mapping, ``fusion: {kind: transformer, layers: 4, ...}``, or just the
+    kind as a string).
+
+    ``kind``: "mlp" (the paper's default, one Linear when ``mlp_hidden`` is empty),
+    "framewise", "transformer" or "frieren"; ``mlp_hidden`` is read by "mlp" / "framewise",
+    the rest (token width ``dim``, ``out_dim`` of the class-token projection, ``layers``,
+    ``heads`` x ``head_dim``, ``max_tokens`` learned positions) by the transformer heads.
+    """
+
+    kind: str = "mlp"
+    mlp_hidden: tuple[int, ...] = ()
+    dim: int = 256
+    out_dim: int = 256
+    layers: int = 4
+    heads: int = 8
+    head_dim: int = 64
+    max_tokens: int = 128
+
+    @classmethod
+    def of(cls, value: str | Mapping | Fusion) -> Fusion:
+        if isinstance(value, Fusion):
+            return value
+        if isinstance(value, str):
+            value = {"kind": value}
+        unknown = set(value) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(
+                f"unknown fusion settings {sorted(unknown)}: use {[f.name for f in fields(cls)]}"
+            )
+        fusion = cls(**{**value, "mlp_hidden": tuple(value.get("mlp_hidden", ()))})
+        if fusion.kind not in FUSIONS:
+            raise ValueError(f"fusion kind {fusion.kind!r} is not one of {FUSIONS}")
+        return fusion
 
 
 class GroupNorm32(nn.GroupNorm):
@@ -329,9 +368,9 @@ class TwoStreamDiscriminator(nn.Module):
              and ADDED to that stream's timestep embedding. The unconditional branch (10% prompt
              dropout in training, classifier-free guidance at sampling) is the base's
              empty-prompt embedding passed the same way, as in the official code.
-    Output: (B,) float32 logits. Features are pooled per stream to (B, T, C) and fused by
-    ``fusion`` ("mlp" | "transformer" | "frieren" | "framewise"); the order inside the head is
-    [video, audio].
+    Output: (B,) float32 logits. Features are pooled per stream to (B, T, C) and fused by the
+    head ``fusion`` describes (:class:`Fusion`: kind "mlp" | "transformer" | "frieren" |
+    "framewise" and its sizes); the order inside the head is [video, audio].
     The default "mlp" head with ``mlp_hidden=()`` is the paper's (one Linear, additive: see
     ``MeanConcatHead``); give ``mlp_hidden`` or a transformer head for cross-modal terms.
 
@@ -357,21 +396,13 @@ class TwoStreamDiscriminator(nn.Module):
         time_dim: int = 128,
         audio_text_dim: int | None = None,
         video_text_dim: int | None = None,
-        fusion: str = "mlp",
-        mlp_hidden: Sequence[int] = (),
-        fusion_dim: int = 256,
-        fusion_out_dim: int = 256,
-        fusion_layers: int = 4,
-        fusion_heads: int = 8,
-        fusion_head_dim: int = 64,
-        fusion_max_tokens: int = 128,
+        fusion: str | Mapping | Fusion = "mlp",
         norm_groups: int = 32,
         sinusoid: str = "adm",
         logit_eps: float = 0.0,
     ):
         super().__init__()
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion {fusion!r} is not one of {FUSIONS}")
+        fusion = Fusion.of(fusion)
         if sinusoid not in SINUSOIDS:
             raise ValueError(f"sinusoid {sinusoid!r} is not one of {SINUSOIDS}")
         if video_conv not in VIDEO_CONVS or audio_conv not in AUDIO_CONVS:
@@ -407,14 +438,14 @@ class TwoStreamDiscriminator(nn.Module):
             **common,
         )
         feat_dim = self.video_stream.out_channels
-        if fusion == "mlp":
-            self.head = MeanConcatHead(feat_dim, mlp_hidden)
-        elif fusion == "framewise":
-            self.head = FramewiseHead(feat_dim, mlp_hidden)
+        if fusion.kind == "mlp":
+            self.head = MeanConcatHead(feat_dim, fusion.mlp_hidden)
+        elif fusion.kind == "framewise":
+            self.head = FramewiseHead(feat_dim, fusion.mlp_hidden)
         else:
             self.head = TransformerHead(
-                fusion, feat_dim, time_dim, fusion_dim, fusion_out_dim, fusion_layers,
-                fusion_heads, fusion_head_dim, fusion_max_tokens,
+                fusion.kind, feat_dim, time_dim, fusion.dim, fusion.out_dim, fusion.layers,
+                fusion.heads, fusion.head_dim, fusion.max_tokens,
             )  # fmt: skip
 
     def time_features(self, t: Tensor) -> Tensor:
