@@ -18,6 +18,15 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def local_path(path: str | Path) -> Path:
+    """``path``; a relative path that does not exist from the working directory but does from
+    the repository root is taken from there (``assets/...`` works from a notebook's folder)."""
+    path = Path(path)
+    if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
+        return REPO_ROOT / path
+    return path
+
+
 def _describe(req: str | tuple[str, ...]) -> str:
     return req if isinstance(req, str) else " or ".join(req[:2])
 
@@ -61,9 +70,7 @@ def resolve_pretrained(
     returned as a local directory holding every ``required`` file, else one
     FileNotFoundError listing the expected files and ``hint`` (where to get them)."""
     required = list(required)
-    path = Path(source)
-    if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
-        path = REPO_ROOT / path
+    path = local_path(source)
     expected = ", ".join(_describe(r) for r in required)
     if not path.exists() and HUB_ID.match(str(source)):
         try:

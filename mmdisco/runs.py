@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from mmdisco.config import upgrade_run_config
 from mmdisco.guidance import JointGuidance
 from mmdisco.io import load_module
+from mmdisco.pretrained import local_path
 from mmdisco.sampling import JointSampler
 
 CONFIG_FILE = "config.yaml"
@@ -114,8 +115,10 @@ class Run:
 
 
 def load_run(run_dir: str | Path, device="cpu", with_discriminator: bool = True) -> Run:
-    """Rebuild the bases, data and trained discriminator of a training run."""
-    run_dir = Path(run_dir)
+    """Rebuild the bases, data and trained discriminator of a training run (a directory with
+    ``config.yaml`` and ``discriminator.safetensors``, e.g. ``assets/synthetic/discriminator``;
+    relative paths are also tried from the repository root)."""
+    run_dir = local_path(run_dir)
     cfg_path = run_dir / CONFIG_FILE
     if not cfg_path.exists():
         raise FileNotFoundError(

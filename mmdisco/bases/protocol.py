@@ -212,6 +212,9 @@ class JointBase(JointNoiseModel, Protocol):
     fps: float | None
 
     @property
+    def device(self) -> torch.device: ...
+
+    @property
     def text_conditional(self) -> bool: ...
 
     def media_format(self) -> dict[str, Any]: ...

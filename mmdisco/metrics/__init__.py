@@ -22,7 +22,7 @@ def evaluate(data, path: str | os.PathLike, **options) -> dict:
     if isinstance(data, SyntheticPairs):
         return evaluate_folder(path, progress=data.progress, **options)
     raise ValueError(
-        f"no metrics for data set {type(data).__name__} ({getattr(data, 'name', '?')}): "
+        f"no metrics for data set {type(data).__name__}: "
         "scripts/evaluate.py scores the toy (samples.npz) and the synthetic world (mp4 folders)"
     )
 
