@@ -47,6 +47,7 @@ from mmdisco.runs import CONFIG_FILE, WEIGHTS_FILE, setup_torch
 from mmdisco.seeds import FAKE_STREAM, LOSS_STREAM, REAL_STREAM, StepIndices, step_generator
 
 RAW_WEIGHTS_FILE = "discriminator_raw.safetensors"  # the non-EMA weights, when EMA is on
+CHECKPOINT_DIR = "checkpoint"
 
 
 # -- exponential moving average of D's weights ---------------------------------------------------
@@ -101,19 +102,12 @@ def global_shapes(batch: dict, batch_size: int, names) -> dict[str, tuple[int, .
 def train(cfg: DictConfig) -> Path:
     """Train (or resume) the discriminator of ``cfg.run_dir``; returns the weights' path."""
     tc = cfg.train
-    check_no_moved_keys(cfg)
-    setup_torch(cfg.device, cfg.threads)
-    check_train_config(tc, PartialState(cpu=cfg.device == "cpu").num_processes)
-    accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=cfg.device == "cpu")
+    accelerator, run_dir = start_run(cfg)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     main = accelerator.is_main_process
-    run_dir = Path(cfg.run_dir)
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
 
     # 1. base models (frozen; the main process trains / downloads them first),
-    # 2. real pairs, 3. fake pairs from the independent bases
+    # 2. real pairs, 3. fake pairs from the bare bases (the pair store)
     with accelerator.main_process_first():
         bases = instantiate(cfg.base).to(device).eval().requires_grad_(False)
     data = instantiate(cfg.data)
@@ -121,28 +115,14 @@ def train(cfg: DictConfig) -> Path:
     real = real_pairs(data, bases, cfg, accelerator, progress)
     fake = fake_pairs(data, bases, cfg, accelerator, device, progress)
 
-    # 4. the discriminator (seeded here: its init must not depend on whether the stages above
-    # ran or were read from a cache), its EMA, optimizer and loss
-    torch.manual_seed(cfg.seed)
-    disc = instantiate(cfg.discriminator).to(device).train()
-    opt = torch.optim.Adam(disc.parameters(), lr=tc.lr)
-    ema = EMA(disc, tc.ema_decay) if tc.ema_decay is not None else None
+    # 4. the discriminator, its optimizer, EMA and loss, resumed from the last checkpoint
+    disc, opt, ema, start = discriminator_state(cfg, accelerator, run_dir / CHECKPOINT_DIR)
     loss_fn = instantiate(cfg.loss)
-    ckpt, start, extra = run_dir / "checkpoint", 0, {}
-    if checkpoint_exists(ckpt):
-        start, extra = load_checkpoint(ckpt, disc, opt, ema.shadow if ema else None, rank)
-    disc, opt = accelerator.prepare(disc, opt)
-    accelerator.unwrap_model(disc, keep_fp32_wrapper=False)  # autocast only where the loss says
-    if accelerator.scaler is not None and "scaler" in extra:
-        accelerator.scaler.load_state_dict(extra["scaler"])
-
-    pin = device.type == "cuda"
     loaders = [
-        pair_loader(ds, tc, cfg.seed, stream, start, rank, world, pin)
+        pair_loader(ds, tc, cfg.seed, stream, start, rank, world, device.type == "cuda")
         for ds, stream in ((real, REAL_STREAM), (fake, FAKE_STREAM))
     ]
     num_t = bases.schedules[bases.names[0]].num_train_timesteps
-    local = tc.batch_size // world
     meter = Meter(num_t, int(tc.t_buckets), device)
     logs = Logs(run_dir, start, bool(tc.tensorboard)) if main else None
     bar = tqdm(
@@ -150,21 +130,9 @@ def train(cfg: DictConfig) -> Path:
     )
     tick, tick_step = time.perf_counter(), start
     for step, (real_b, fake_b) in enumerate(zip(*loaders), start=start):
-        real_b, fake_b = batch_to(real_b, device), batch_to(fake_b, device)
-        real_c, fake_c = conditions(bases, real_b), conditions(bases, fake_b)
-        draws = loss_fn.draw(
-            num_t,
-            global_shapes(real_b, tc.batch_size, bases.names),
-            global_shapes(fake_b, tc.batch_size, bases.names),
-            conditional=real_c is not None,
-            generator=step_generator(cfg.seed, LOSS_STREAM, step, device),
-        ).slice(rank * local, (rank + 1) * local)
-        with accelerator.autocast():
-            terms = loss_fn(disc, bases, real_b, fake_b, real_c, fake_c, draws=draws)
-        opt.zero_grad(set_to_none=True)
-        accelerator.backward(terms["loss"])
-        grad_norm = accelerator.clip_grad_norm_(disc.parameters(), tc.grad_clip or math.inf)
-        opt.step()
+        terms, grad_norm = train_step(
+            cfg, accelerator, bases, disc, opt, loss_fn, step, real_b, fake_b
+        )
         if ema is not None:
             ema.update(accelerator.unwrap_model(disc))
         meter.add(terms, torch.as_tensor(grad_norm, device=device))
@@ -181,20 +149,82 @@ def train(cfg: DictConfig) -> Path:
                 logs.write(done, row)
                 bar.set_postfix({k: f"{row[k]:.3f}" for k in ("l_d", "l_dsm", "acc_real")})
         if done % tc.ckpt_every == 0:
-            save_checkpoint(
-                ckpt,
-                done,
-                accelerator.unwrap_model(disc),
-                opt,
-                OmegaConf.to_container(cfg, resolve=True),
-                ema=ema.shadow if ema else None,
-                extra={"scaler": accelerator.scaler.state_dict()} if accelerator.scaler else None,
-                rank=rank,
-                world_size=world,
-                barrier=accelerator.wait_for_everyone,
-            )
+            checkpoint(cfg, accelerator, run_dir / CHECKPOINT_DIR, done, disc, opt, ema)
     bar.close()
     return finish(accelerator, disc, ema, run_dir, logs)
+
+
+def start_run(cfg: DictConfig) -> tuple[Accelerator, Path]:
+    """Check the config (once), set up torch and the processes, save the resolved config."""
+    check_no_moved_keys(cfg)
+    setup_torch(cfg.device, cfg.threads)
+    cpu = cfg.device == "cpu"
+    check_train_config(cfg.train, PartialState(cpu=cpu).num_processes)
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=cpu)
+    run_dir = Path(cfg.run_dir)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
+    return accelerator, run_dir
+
+
+def discriminator_state(cfg: DictConfig, accelerator: Accelerator, ckpt: Path):
+    """(D, optimizer, EMA or None, first step), restored from ``ckpt`` when it exists. D is
+    seeded here: its init must not depend on whether the stages before ran or were cached."""
+    tc, device = cfg.train, accelerator.device
+    torch.manual_seed(cfg.seed)
+    disc = instantiate(cfg.discriminator).to(device).train()
+    opt = torch.optim.Adam(disc.parameters(), lr=tc.lr)
+    ema = EMA(disc, tc.ema_decay) if tc.ema_decay is not None else None
+    start, extra = 0, {}
+    if checkpoint_exists(ckpt):
+        shadow = ema.shadow if ema else None
+        start, extra = load_checkpoint(ckpt, disc, opt, shadow, accelerator.process_index)
+    disc, opt = accelerator.prepare(disc, opt)
+    accelerator.unwrap_model(disc, keep_fp32_wrapper=False)  # autocast only where the loss says
+    if accelerator.scaler is not None and "scaler" in extra:
+        accelerator.scaler.load_state_dict(extra["scaler"])
+    return disc, opt, ema, start
+
+
+def train_step(cfg, accelerator, bases, disc, opt, loss_fn, step, real_b, fake_b):
+    """One optimizer step on this process's slice of the global batch; (terms, grad norm)."""
+    tc, device = cfg.train, accelerator.device
+    local = tc.batch_size // accelerator.num_processes
+    first = accelerator.process_index * local
+    real_b, fake_b = batch_to(real_b, device), batch_to(fake_b, device)
+    real_c, fake_c = conditions(bases, real_b), conditions(bases, fake_b)
+    draws = loss_fn.draw(
+        bases.schedules[bases.names[0]].num_train_timesteps,
+        global_shapes(real_b, tc.batch_size, bases.names),
+        global_shapes(fake_b, tc.batch_size, bases.names),
+        conditional=real_c is not None,
+        generator=step_generator(cfg.seed, LOSS_STREAM, step, device),
+    ).slice(first, first + local)
+    with accelerator.autocast():
+        terms = loss_fn(disc, bases, real_b, fake_b, real_c, fake_c, draws=draws)
+    opt.zero_grad(set_to_none=True)
+    accelerator.backward(terms["loss"])
+    grad_norm = accelerator.clip_grad_norm_(disc.parameters(), tc.grad_clip or math.inf)
+    opt.step()
+    return terms, grad_norm
+
+
+def checkpoint(cfg, accelerator: Accelerator, ckpt: Path, done: int, disc, opt, ema) -> None:
+    """Everything a resumed run needs, written atomically (see ``mmdisco.checkpoint``)."""
+    scaler = accelerator.scaler
+    save_checkpoint(
+        ckpt,
+        done,
+        accelerator.unwrap_model(disc),
+        opt,
+        OmegaConf.to_container(cfg, resolve=True),
+        ema=ema.shadow if ema else None,
+        extra={"scaler": scaler.state_dict()} if scaler else None,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+        barrier=accelerator.wait_for_everyone,
+    )
 
 
 def finish(accelerator: Accelerator, disc, ema: EMA | None, run_dir: Path, logs) -> Path:
