@@ -28,6 +28,7 @@ MOVED_KEYS = {
     },
 }
 EXAMPLES = {"guidance.joint_scales": "{audio: 1.0, video: 8.0}"}
+OLD_DEFAULTS = {"guidance.discriminator_cfg": True}  # what runs before the move got implicitly
 
 
 def moved_key_error(old: str) -> str:
@@ -75,6 +76,10 @@ def upgrade_run_config(cfg: DictConfig) -> DictConfig:
                 OmegaConf.update(cfg, parent, {"kind": OmegaConf.select(cfg, parent)}, merge=False)
             if OmegaConf.select(cfg, new, default=None) is None:
                 OmegaConf.update(cfg, new, value, force_add=True)
+        if "guidance" in cfg:
+            for key, value in OLD_DEFAULTS.items():
+                if OmegaConf.select(cfg, key, default=None) is None:
+                    OmegaConf.update(cfg, key, value, force_add=True)
     return cfg
 
 

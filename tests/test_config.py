@@ -55,6 +55,7 @@ def test_a_run_config_written_before_the_move_is_read_with_the_key_moved():
     old = OmegaConf.create({"sampler": {"solver": "ddim", "joint_scales": {"audio": 2.0}}})
     new = upgrade_run_config(old)
     assert "joint_scales" not in new.sampler and new.guidance.joint_scales == {"audio": 2.0}
+    assert new.guidance.discriminator_cfg is True  # the old JointSampler default
     check_no_moved_keys(new)
 
 
