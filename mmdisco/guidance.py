@@ -16,10 +16,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from mmdisco.bases.protocol import Condition
+from mmdisco.bases.protocol import MODALITIES, Condition
 from mmdisco.schedule import NoiseSchedule, expand_as
-
-MODALITIES = ("audio", "video")
 
 
 def discriminator_condition(conds: Mapping[str, Condition | None] | None, uncond: bool = False):
@@ -104,7 +102,14 @@ def check_joint_scales(joint_scales) -> dict[str, float | list[float]]:
 class JointGuidance(nn.Module):
     """A joint noise model: base noise plus the scaled discriminator residual (habit 2).
 
-    ``joint_scales``: a float, or per modality a float or a list over equal-width buckets of t.
+    Composed by the caller and handed to the sampler like the bare bases::
+
+        sampler = JointSampler(JointGuidance(bases, D, joint_scales={"audio": 1.0, "video": 8.0}))
+
+    ``bases`` is any joint noise model (independent bases or a joint base); the residual is
+    added to every modality's noise. ``joint_scales``: a float (every modality) or per modality
+    a float or a list over equal-width buckets of t (``mmdisco.calibration``); all 0 gives the
+    bases' noise exactly (D is not run).
     """
 
     def __init__(
@@ -121,8 +126,15 @@ class JointGuidance(nn.Module):
         self.discriminator_cfg = discriminator_cfg
 
     @property
+    def names(self) -> tuple[str, ...]:
+        return self.bases.names
+
+    @property
     def schedules(self) -> dict[str, NoiseSchedule]:
         return self.bases.schedules
+
+    def sample_shapes(self, batch_size: int) -> dict[str, tuple[int, ...]]:
+        return self.bases.sample_shapes(batch_size)
 
     def residuals(self, xs, t, conds=None) -> dict[str, Tensor]:
         """Residuals for sampling, with D's classifier-free guidance where the condition asks."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -55,16 +54,3 @@ def save_module(path: str | Path, module: nn.Module) -> None:
 def load_module(path: str | Path, module: nn.Module, strict: bool = True) -> nn.Module:
     module.load_state_dict(load_tensors(path), strict=strict)
     return module
-
-
-def check_pretrained_dir(path: str | Path, required: Iterable[str], hint: str) -> Path:
-    """Fail with one message listing every missing file and where to get them."""
-    path = Path(path)
-    required = list(required)
-    missing = [f for f in required if not (path / f).exists()]
-    if not path.is_dir() or missing:
-        what = "does not exist" if not path.is_dir() else f"lacks {', '.join(missing)}"
-        raise FileNotFoundError(
-            f"pretrained directory {path} {what}. Expected files: {', '.join(required)}. {hint}"
-        )
-    return path

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmdisco.bases.protocol import Condition, tree_select
-from mmdisco.guidance import MODALITIES, discriminator_condition, residual
+from mmdisco.bases.protocol import MODALITIES, Condition, tree_select
+from mmdisco.guidance import discriminator_condition, residual
 
 
 def apply_keep(conds, keep: Tensor | None):
@@ -50,14 +50,6 @@ def apply_keep(conds, keep: Tensor | None):
             pooled=None if c.pooled is None else tree_select(c.pooled, k, c.pooled_uncond),
         )
     return out
-
-
-def drop_conditions(conds, p: float, batch: int, generator=None):
-    """Replace each sample's condition by the unconditional one with probability p."""
-    if not conds or p <= 0:
-        return conds
-    keep = torch.rand(batch, generator=generator, device="cpu") >= p
-    return apply_keep(conds, keep)
 
 
 @dataclass
@@ -280,15 +272,7 @@ class JointLoss:
         """
         dev = real["audio"].device
         if draws is None:
-            conditional = bool(real_conds or fake_conds)
-            shapes = [{m: tuple(x[m].shape) for m in MODALITIES} for x in (real, fake)]
-            draws = self.draw(
-                bases.schedules["audio"].num_train_timesteps,
-                *shapes,
-                conditional=conditional,
-                generator=generator,
-                device="cpu",
-            )
+            draws = self._draw_for(bases, real, fake, real_conds, fake_conds, generator)
         draws = draws.to(dev)
         t_real, t_fake = draws.t_real, draws.t_fake
         real_conds = apply_keep(real_conds, draws.keep_real)
@@ -299,45 +283,20 @@ class JointLoss:
             shifts = None
             if counts["shift"]:
                 shifts = draws.shifts[counts["mismatch"] : counts["mismatch"] + counts["shift"]]
-            axes = {m: bases[m].time_axis for m in MODALITIES}
-            fake = make_negatives(real, fake, counts, shifts, axes)
+            fake = make_negatives(real, fake, counts, shifts, bases.time_axes)
         xt_real = self.noised(bases, real, t_real, draws.noise_real)
         xt_fake = self.noised(bases, fake, t_fake, draws.noise_fake)
-        terms: dict[str, Tensor] = {}
-        need_dsm = self.lambda_dsm > 0
-        d_cond_real = discriminator_condition(real_conds)
-        if need_dsm:  # the residual must stay differentiable w.r.t. D (double backward)
-            for x in xt_real.values():
-                x.requires_grad_(True)
-            res, logit_real = residual(
-                discriminator,
-                xt_real,
-                t_real,
-                bases.schedules,
-                d_cond_real,
-                create_graph=True,
-                fp32=self.residual_fp32,
-            )
-        else:
-            logit_real = discriminator(xt_real["audio"], xt_real["video"], t_real, d_cond_real)
+        logit_real, res = self.real_logit(discriminator, bases, xt_real, t_real, real_conds)
         logit_fake = discriminator(
             xt_fake["audio"], xt_fake["video"], t_fake, discriminator_condition(fake_conds)
         )
         logit_real, logit_fake = logit_real.float(), logit_fake.float()
 
-        terms["l_d"] = F.binary_cross_entropy_with_logits(
-            logit_real, torch.ones_like(logit_real)
-        ) + F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake))
-        if need_dsm:
-            with torch.no_grad():
-                xs = {m: x.detach() for m, x in xt_real.items()}
-                eps = {m: e.float() for m, e in bases.predict_noise(xs, t_real, real_conds).items()}
-            terms["l_dsm"] = sum(
-                self.dsm_term(eps[m] + res[m].float() - draws.noise_real[m]) for m in MODALITIES
-            )
-            for m in MODALITIES:
-                terms[f"res_norm_{m}"] = res[m].detach().float().flatten(1).norm(dim=1)
-                terms[f"eps_norm_{m}"] = eps[m].flatten(1).norm(dim=1)
+        terms: dict[str, Tensor] = {"l_d": self.l_d(logit_real, logit_fake)}
+        if res is not None:
+            eps = self.base_noise(bases, xt_real, t_real, real_conds)
+            terms["l_dsm"] = self.l_dsm(eps, res, draws.noise_real)
+            terms.update(residual_diagnostics(res, eps))
         else:
             terms["l_dsm"] = torch.zeros((), device=dev)
         terms["loss"] = (terms["l_d"] if self.bce else 0.0) + self.lambda_dsm * terms["l_dsm"]
@@ -346,3 +305,63 @@ class JointLoss:
         terms["t_real"], terms["t_fake"] = t_real, t_fake
         terms["logit_real"], terms["logit_fake"] = logit_real.detach(), logit_fake.detach()
         return terms
+
+    # -- the pieces of one evaluation ---------------------------------------------------------
+    def _draw_for(self, bases, real, fake, real_conds, fake_conds, generator) -> Draws:
+        """Draws for these pairs' shapes from ``generator`` (on the CPU)."""
+        shapes = [{m: tuple(x[m].shape) for m in MODALITIES} for x in (real, fake)]
+        return self.draw(
+            bases.schedules["audio"].num_train_timesteps,
+            *shapes,
+            conditional=bool(real_conds or fake_conds),
+            generator=generator,
+            device="cpu",
+        )
+
+    def real_logit(self, discriminator, bases, xt_real, t_real, real_conds):
+        """D's logit on the noised real pairs and, with L_DSM, the residuals r_m kept
+        differentiable w.r.t. D's parameters (a double backward); (logit, None) without."""
+        d_cond = discriminator_condition(real_conds)
+        if self.lambda_dsm <= 0:
+            return discriminator(xt_real["audio"], xt_real["video"], t_real, d_cond), None
+        for x in xt_real.values():
+            x.requires_grad_(True)
+        res, logit = residual(
+            discriminator,
+            xt_real,
+            t_real,
+            bases.schedules,
+            d_cond,
+            create_graph=True,
+            fp32=self.residual_fp32,
+        )
+        return logit, res
+
+    @staticmethod
+    def l_d(logit_real: Tensor, logit_fake: Tensor) -> Tensor:
+        """L_D (Eq. 9): BCE with real pairs labelled 1 and fake pairs 0, each a batch mean."""
+        return F.binary_cross_entropy_with_logits(
+            logit_real, torch.ones_like(logit_real)
+        ) + F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake))
+
+    @staticmethod
+    @torch.no_grad()
+    def base_noise(bases, xt_real, t_real, real_conds) -> dict[str, Tensor]:
+        """The frozen bases' eps_m(m_t, t) on the real pairs (float32, no gradient)."""
+        xs = {m: x.detach() for m, x in xt_real.items()}
+        return {m: e.float() for m, e in bases.predict_noise(xs, t_real, real_conds).items()}
+
+    def l_dsm(self, eps, res, noise) -> Tensor:
+        """L_DSM (Eq. 10): ||eps_m + r_m - noise_m||^2 summed over m, each reduced as
+        ``dsm_reduction`` says (a mean over elements, or the per-pair squared norm)."""
+        return sum(self.dsm_term(eps[m] + res[m].float() - noise[m]) for m in MODALITIES)
+
+
+def residual_diagnostics(res: dict[str, Tensor], eps: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Per-pair L2 norms of the residual r_m and of the base noise eps_m (detached), logged
+    beside the loss: their ratio is how strongly D corrects the bases at joint scale 1."""
+    out = {}
+    for m in MODALITIES:
+        out[f"res_norm_{m}"] = res[m].detach().float().flatten(1).norm(dim=1)
+        out[f"eps_norm_{m}"] = eps[m].flatten(1).norm(dim=1)
+    return out

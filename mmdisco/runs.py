@@ -1,17 +1,22 @@
-"""Glue shared by the scripts: devices, a run directory's contents, fake-pair pre-sampling."""
+"""Glue shared by the scripts: devices, a run directory's contents, guidance from its config,
+sampling in seeded batches."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from mmdisco.io import load_module, load_tensors, save_tensors
+from mmdisco.config import upgrade_run_config
+from mmdisco.guidance import JointGuidance
+from mmdisco.io import load_module
+from mmdisco.pretrained import local_path
 from mmdisco.sampling import JointSampler
 
 CONFIG_FILE = "config.yaml"
@@ -26,64 +31,64 @@ def setup_torch(device: str = "auto", threads: int | None = None) -> torch.devic
     return torch.device(device)
 
 
-def fake_sampler_kwargs(sampler_cfg) -> dict:
-    """The sampler settings for fake pairs: the run's sampler without the re-noise recurrence
-    (``joint_num_steps`` only matters with a discriminator; without one it would only repeat
-    each step's work)."""
-    return {**sampler_kwargs(sampler_cfg), "joint_num_steps": 1}
-
-
-def sampler_kwargs(sampler_cfg) -> dict:
-    """Sampler config -> JointSampler keyword arguments (drops Hydra keys and nulls)."""
-    cfg = (
-        OmegaConf.to_container(sampler_cfg, resolve=True)
-        if isinstance(sampler_cfg, DictConfig)
-        else dict(sampler_cfg)
-    )
-    return {k: v for k, v in cfg.items() if not k.startswith("_") and v is not None}
-
-
 def resolve_joint_scales(value, run_dir: str | Path | None = None):
-    """The joint scales a sampler gets: numbers / per-modality mappings as given; ``"auto"``:
-    those computed after training from held-out real pairs (``run_dir/joint_scales.json``);
-    None: 1.0 (the paper's)."""
+    """``guidance.joint_scales`` -> what :class:`JointGuidance` takes: a float (every modality)
+    or ``{modality: float or [float per bucket of t]}``. The one place a configured scale is
+    interpreted: ``"auto"`` reads the scales train.py computed from held-out real pairs
+    (``run_dir/joint_scales.json``, :mod:`mmdisco.calibration`); None is 1.0 (the paper's)."""
     if value is None:
         return 1.0
+    if isinstance(value, DictConfig | ListConfig):
+        value = OmegaConf.to_container(value, resolve=True)
     if isinstance(value, str):
         if value != "auto":
-            raise ValueError(f"joint_scales must be a number, {{audio: .., video: ..}} or auto, "
-                             f"got {value!r}")  # fmt: skip
+            raise ValueError(
+                f"guidance.joint_scales must be a number, {{audio: .., video: ..}} or auto, "
+                f"got {value!r}"
+            )
         if run_dir is None:
             raise ValueError("joint_scales=auto needs the training run's directory (run_dir)")
         from mmdisco.calibration import SCALES_FILE, load_joint_scales
 
         return load_joint_scales(Path(run_dir) / SCALES_FILE)
-    if isinstance(value, DictConfig):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
+    if isinstance(value, Mapping):
+        return {str(m): _scale(s) for m, s in value.items()}
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise ValueError(
+        f"guidance.joint_scales must be a number, a mapping {{audio: .., video: ..}} or auto, "
+        f"got {value!r}"
+    )
 
 
-def text_conditional(bases) -> bool:
-    """Whether every base of the pair takes a prompt (``encode_prompt``)."""
-    try:
-        for m in bases.names:
-            bases[m].encode_prompt([""])
-    except NotImplementedError:
-        return False
-    return True
+def _scale(s):
+    """One modality's scale: a float, or a list over buckets of t."""
+    return [float(x) for x in s] if isinstance(s, (list, tuple)) else float(s)
+
+
+def build_guidance(bases, discriminator, guidance_cfg, run_dir: str | Path | None = None):
+    """The guided joint noise model of the ``guidance`` config group (paper Eq. 11-12)."""
+    scales = resolve_joint_scales(guidance_cfg.joint_scales, run_dir)
+    return JointGuidance(bases, discriminator, scales, bool(guidance_cfg.discriminator_cfg))
+
+
+def with_overrides(saved, overrides) -> DictConfig:
+    """A run's saved config group with the non-null keys of ``overrides`` on top."""
+    given = {k: v for k, v in OmegaConf.to_container(overrides).items() if v is not None}
+    return OmegaConf.merge(saved, given)
 
 
 def sampling_prompts(bases, data, prompts, num: int, seed: int) -> list[str] | None:
     """One prompt per sample for text-conditional bases: ``prompts`` cycled, or (None) drawn
     with a seeded generator from the data set's captions; None for unconditional bases."""
-    if not text_conditional(bases):
+    if not bases.text_conditional:
         if prompts:
             raise ValueError("these base models take no prompt: leave prompts=null")
         return None
     if prompts:
         prompts = [str(p) for p in prompts]
         return [prompts[i % len(prompts)] for i in range(num)]
-    captions = list(getattr(data, "captions", None) or [])
+    captions = list(data.captions)
     if not captions:
         raise ValueError(
             "text-conditional base models need prompts: pass prompts=['a dog barking', ...] "
@@ -95,6 +100,7 @@ def sampling_prompts(bases, data, prompts, num: int, seed: int) -> list[str] | N
 
 def sample_in_batches(
     sampler: JointSampler,
+    bases,
     num: int,
     batch_size: int,
     seed: int,
@@ -112,23 +118,11 @@ def sample_in_batches(
         conds = None
         if prompts is not None:
             batch = prompts[start : start + n]
-            conds = {m: sampler.bases[m].encode_prompt(batch) for m in sampler.bases.names}
+            conds = bases.encode_prompt(batch)
         xs = sampler.sample(n, conds=conds, generator=gen, device=device, progress=progress)
         for m, x in xs.items():
             outs.setdefault(m, []).append(x.detach().cpu())
     return {m: torch.cat(v) for m, v in outs.items()}
-
-
-def fake_pairs(bases, fake_cfg, sampler_cfg, path: Path, seed: int, device, progress=True):
-    """Pairs sampled independently from the bases, once; cached in ``path`` (safetensors)."""
-    if path.exists():
-        return load_tensors(path)
-    sampler = JointSampler(bases, None, **fake_sampler_kwargs(sampler_cfg))
-    pairs = sample_in_batches(
-        sampler, fake_cfg.num_pairs, fake_cfg.batch_size, seed, device, progress
-    )
-    save_tensors(path, pairs)
-    return pairs
 
 
 @dataclass
@@ -140,15 +134,17 @@ class Run:
 
 
 def load_run(run_dir: str | Path, device="cpu", with_discriminator: bool = True) -> Run:
-    """Rebuild the bases, data and trained discriminator of a training run."""
-    run_dir = Path(run_dir)
+    """Rebuild the bases, data and trained discriminator of a training run (a directory with
+    ``config.yaml`` and ``discriminator.safetensors``, e.g. ``assets/synthetic/discriminator``;
+    relative paths are also tried from the repository root)."""
+    run_dir = local_path(run_dir)
     cfg_path = run_dir / CONFIG_FILE
     if not cfg_path.exists():
         raise FileNotFoundError(
             f"{cfg_path} not found: {run_dir} is not a training run. "
             f"Train one with `python scripts/train.py run_dir={run_dir} ...`."
         )
-    cfg = OmegaConf.load(cfg_path)
+    cfg = upgrade_run_config(OmegaConf.load(cfg_path))
     bases = instantiate(cfg.base).to(device)
     data = instantiate(cfg.data)
     disc = None

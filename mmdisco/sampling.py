@@ -2,8 +2,8 @@
 
 Each modality gets its own solver over its own schedule; all modalities step on the same step
 index. The sampler consumes a *noise function* (a :class:`~mmdisco.bases.JointNoiseModel`); it
-does not know whether guidance is inside it (habit 2) — :class:`JointSampler` builds the
-guided one from base models and a discriminator.
+does not know whether guidance is inside it (habit 2): the caller composes
+:class:`~mmdisco.guidance.JointGuidance` (bases + discriminator) and passes it in.
 
 Solvers (all written for x_t = alpha_t x_0 + sigma_t eps, so VP is not assumed):
 - ``ddpm``: ancestral sampling from the Gaussian posterior q(x_s | x_t, x_0) (Ho et al. 2020);
@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from hydra.utils import instantiate
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -245,41 +246,30 @@ def sample_lockstep(
 
 
 class JointSampler:
-    """Joint generation with two base models guided by a discriminator (Algorithm 2).
+    """Lock-step joint generation from any joint noise model (Algorithm 2).
 
-    ``bases`` is a joint noise model (e.g. :class:`~mmdisco.bases.IndependentBases`); with
-    ``discriminator=None`` or all joint scales 0 this is exactly independent sampling.
+    ``noise_model`` is anything with the joint protocol (``mmdisco.bases.protocol``):
+    ``schedules``, ``sample_shapes`` and ``predict_noise`` -- the bare bases (independent
+    sampling), a joint base, or the bases guided by a discriminator, which the caller composes
+    (the sampler does not know guidance exists)::
 
-    Example (notebook)::
-
-        sampler = JointSampler(bases, discriminator, joint_scales={"audio": 1.0, "video": 8.0},
-                               solver="dpmpp", order=2, num_steps=50)
+        guided = JointGuidance(bases, discriminator, joint_scales={"audio": 1.0, "video": 8.0})
+        sampler = JointSampler(guided, solver="dpmpp", order=2, num_steps=50)
         out = sampler.sample(4, conds=conds, generator=torch.Generator().manual_seed(0))
     """
 
     def __init__(
         self,
-        bases,
-        discriminator=None,
-        joint_scales: float | dict[str, float] = 1.0,
+        noise_model,
         solver: str = "dpmpp",
         num_steps: int = 50,
         order: int = 2,
         eta: float = 0.0,
         spacing: str = "linspace",
         joint_num_steps: int = 1,
-        discriminator_cfg: bool = True,
         solver_options: dict | None = None,
     ):
-        from mmdisco.guidance import JointGuidance  # the one place D meets the bases
-
-        self.bases = bases
-        self.discriminator = discriminator
-        self.noise_model = (
-            bases
-            if discriminator is None
-            else JointGuidance(bases, discriminator, joint_scales, discriminator_cfg)
-        )
+        self.noise_model = noise_model
         if solver not in SOLVERS:
             raise ValueError(f"solver {solver!r} is not one of {SOLVERS}")
         if joint_num_steps > 1 and solver in ("dpmpp", "dpm_singlestep"):
@@ -293,8 +283,23 @@ class JointSampler:
         self.solver_options = dict(solver_options or {})
         self.timesteps = make_timesteps(self._num_train_timesteps(), num_steps, spacing)
 
+    @property
+    def solver_settings(self) -> dict:
+        """What, besides the noise model and the noise, decides a sample with one joint step
+        (the key of pre-sampled fakes: ``joint_num_steps`` only repeats guided updates)."""
+        settings = {
+            "solver": self.solver,
+            "num_steps": self.num_steps,
+            "order": self.order,
+            "eta": self.eta,
+            "spacing": self.spacing,
+        }
+        if self.solver_options:
+            settings["solver_options"] = dict(self.solver_options)
+        return settings
+
     def _num_train_timesteps(self) -> int:
-        counts = {s.num_train_timesteps for s in self.bases.schedules.values()}
+        counts = {s.num_train_timesteps for s in self.noise_model.schedules.values()}
         if len(counts) != 1:
             raise ValueError(f"modalities must share the number of training steps, got {counts}")
         return counts.pop()
@@ -317,15 +322,22 @@ class JointSampler:
         if x_T is None:
             if batch_size is None:
                 raise ValueError("pass batch_size (or x_T)")
-            x_T = self.initial_noise(self.bases.sample_shapes(batch_size), generator, device)
+            shapes = self.noise_model.sample_shapes(batch_size)
+            x_T = self.initial_noise(shapes, generator, device)
         solvers = {
             m: make_solver(
                 self.solver, sched, self.timesteps, self.order, self.eta, **self.solver_options
             )
-            for m, sched in self.bases.schedules.items()
+            for m, sched in self.noise_model.schedules.items()
         }
 
         def noise_fn(xs, t):
             return self.noise_model.predict_noise(xs, t, conds)
 
         return sample_lockstep(noise_fn, x_T, solvers, generator, self.joint_num_steps, progress)
+
+
+def build_sampler(noise_model, sampler_cfg, **overrides) -> JointSampler:
+    """THE way a sampler is built from the ``sampler`` config group (a Hydra partial of
+    :class:`JointSampler`): ``overrides`` win over the config, then the noise model is bound."""
+    return instantiate(sampler_cfg, **overrides)(noise_model)

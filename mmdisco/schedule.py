@@ -8,7 +8,6 @@ nothing downstream may assume VP.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -111,8 +110,3 @@ class NoiseSchedule:
         """Forward process q(x_t | x_0) at per-sample steps t (B,)."""
         alpha, sigma = self.coefficients(t)
         return expand_as(alpha, x0) * x0 + expand_as(sigma, x0) * noise
-
-    def fingerprint(self) -> str:
-        """Short content hash, used to key caches on the schedule."""
-        data = torch.cat([self.alpha, self.sigma]).numpy().tobytes()
-        return hashlib.sha256(data).hexdigest()[:12]

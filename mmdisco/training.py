@@ -25,69 +25,36 @@ Accelerate's loss scaler (its state is checkpointed).
 
 from __future__ import annotations
 
-import csv
 import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from mmdisco.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
-from mmdisco.data.latents import TensorPairs, collate_pairs
-from mmdisco.guidance import MODALITIES
-from mmdisco.io import load_tensors, save_module, save_tensors
-from mmdisco.runs import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
-    fake_pairs,
-    fake_sampler_kwargs,
-    setup_torch,
+from mmdisco.config import check_no_moved_keys, check_train_config
+from mmdisco.io import save_module, save_tensors
+from mmdisco.logs import Logs, Meter
+from mmdisco.pairs import batch_conditions, collate_pairs
+from mmdisco.pairs.prepare import fake_pairs, real_pairs
+from mmdisco.runs import CONFIG_FILE, WEIGHTS_FILE, setup_torch
+from mmdisco.seeds import (
+    CALIBRATION_STREAM,
+    FAKE_STREAM,
+    LOSS_STREAM,
+    REAL_STREAM,
+    StepIndices,
+    step_generator,
 )
 
 RAW_WEIGHTS_FILE = "discriminator_raw.safetensors"  # the non-EMA weights, when EMA is on
-MIXED_PRECISION = ("no", "bf16", "fp16")
-# generator streams of one step (see step_generator)
-REAL_STREAM, FAKE_STREAM, LOSS_STREAM, CALIBRATION_STREAM = 0, 1, 2, 3
-
-
-# -- randomness ---------------------------------------------------------------------------------
-def step_seed(seed: int, stream: int, step: int) -> int:
-    """A 64-bit seed that names (run seed, stream, step): independent streams, no shared state."""
-    words = np.random.SeedSequence([seed, stream, step]).generate_state(2, np.uint32)
-    return (int(words[0]) << 32 | int(words[1])) & 0x7FFF_FFFF_FFFF_FFFF
-
-
-def step_generator(seed: int, stream: int, step: int, device="cpu") -> torch.Generator:
-    return torch.Generator(device).manual_seed(step_seed(seed, stream, step))
-
-
-class StepIndices(Sampler):
-    """Batch sampler: for every step in [start, steps) the global batch of ``batch_size``
-    indices (uniform, with replacement, drawn from ``step_generator(seed, stream, step)``) and
-    this process's slice of it."""
-
-    def __init__(self, num_items, batch_size, seed, stream, start, steps, rank=0, world_size=1):
-        self.num_items, self.batch_size = num_items, batch_size
-        self.seed, self.stream, self.start, self.steps = seed, stream, start, steps
-        self.local = batch_size // world_size
-        self.offset = rank * self.local
-
-    def __len__(self) -> int:
-        return max(0, self.steps - self.start)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for step in range(self.start, self.steps):
-            g = step_generator(self.seed, self.stream, step)
-            idx = torch.randint(0, self.num_items, (self.batch_size,), generator=g)
-            yield idx[self.offset : self.offset + self.local].tolist()
+CHECKPOINT_DIR = "checkpoint"
 
 
 # -- exponential moving average of D's weights ---------------------------------------------------
@@ -107,221 +74,7 @@ class EMA:
                 self.shadow[k].copy_(v)
 
 
-# -- logging -------------------------------------------------------------------------------------
-class Meter:
-    """Sums of the logged quantities over a log interval on this process (device tensors, no
-    host sync per step); :meth:`result` all-reduces them and returns one row."""
-
-    def __init__(self, num_t: int, buckets: int, device):
-        self.num_t, self.buckets, self.device = num_t, buckets, device
-        self.bounds = [
-            (k * num_t // buckets, (k + 1) * num_t // buckets - 1) for k in range(buckets)
-        ]
-        self.reset()
-
-    def reset(self) -> None:
-        z = lambda n=1: torch.zeros(n, dtype=torch.float64, device=self.device)  # noqa: E731
-        self.sums = {
-            "steps": z(), "loss": z(), "l_d": z(), "l_dsm": z(),
-            "real_ok": z(self.buckets), "real_n": z(self.buckets),
-            "fake_ok": z(self.buckets), "fake_n": z(self.buckets),
-            "res_pairs": z(), "grad_norm": z(),
-            **{f"{k}_{m}": z() for k in ("res_norm", "eps_norm") for m in MODALITIES},
-        }  # fmt: skip
-
-    def _by_bucket(self, name: str, t: Tensor, ok: Tensor) -> None:
-        b = (t.long() * self.buckets // self.num_t).clamp(0, self.buckets - 1)
-        self.sums[f"{name}_ok"] += torch.bincount(b, ok.double(), self.buckets)
-        self.sums[f"{name}_n"] += torch.bincount(b, minlength=self.buckets).double()
-
-    @torch.no_grad()
-    def add(self, terms: dict[str, Tensor], grad_norm: Tensor) -> None:
-        s = self.sums
-        s["steps"] += 1
-        for k in ("loss", "l_d", "l_dsm"):
-            s[k] += terms[k].detach().double()
-        s["grad_norm"] += grad_norm.detach().double()
-        self._by_bucket("real", terms["t_real"], terms["logit_real"] > 0)
-        self._by_bucket("fake", terms["t_fake"], terms["logit_fake"] < 0)
-        if "res_norm_audio" in terms:
-            s["res_pairs"] += terms["res_norm_audio"].numel()
-            for m in MODALITIES:
-                s[f"res_norm_{m}"] += terms[f"res_norm_{m}"].double().sum()
-                s[f"eps_norm_{m}"] += terms[f"eps_norm_{m}"].double().sum()
-
-    def result(self, accelerator: Accelerator) -> dict[str, float]:
-        names = list(self.sums)
-        flat = torch.cat([self.sums[k] for k in names])
-        flat = accelerator.reduce(flat, reduction="sum").cpu()
-        sizes = [self.sums[k].numel() for k in names]
-        s = dict(zip(names, torch.split(flat, sizes)))
-        per_step = s["steps"].item()  # steps x processes: the loss terms are process means
-        row = {k: s[k].item() / per_step for k in ("loss", "l_d", "l_dsm")}
-        for name in ("real", "fake"):
-            row[f"acc_{name}"] = s[f"{name}_ok"].sum().item() / max(s[f"{name}_n"].sum().item(), 1)
-        for name in ("real", "fake"):
-            for (lo, hi), ok, n in zip(self.bounds, s[f"{name}_ok"], s[f"{name}_n"]):
-                row[f"acc_{name}_t{lo}-{hi}"] = ok.item() / n.item() if n > 0 else math.nan
-        pairs = s["res_pairs"].item()
-        for m in MODALITIES:
-            r, e = s[f"res_norm_{m}"].item(), s[f"eps_norm_{m}"].item()
-            row[f"res_norm_{m}"] = r / pairs if pairs else math.nan
-            row[f"eps_norm_{m}"] = e / pairs if pairs else math.nan
-            row[f"res_ratio_{m}"] = r / e if pairs and e > 0 else math.nan
-        row["grad_norm"] = s["grad_norm"].item() / per_step
-        self.reset()
-        return row
-
-
-class Logs:
-    """``train_log.csv`` and TensorBoard events in the run directory (main process only).
-
-    On resume from step s, CSV rows after s (written after the last checkpoint) are dropped and
-    TensorBoard purges its events after s, so both read like one uninterrupted run.
-    """
-
-    def __init__(self, run_dir: Path, start: int, tensorboard: bool):
-        self.csv_path = run_dir / "train_log.csv"
-        _truncate_csv(self.csv_path, start)
-        self.writer = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(run_dir / "tensorboard", purge_step=start or None)
-
-    def write(self, step: int, row: dict[str, float]) -> None:
-        row = {"step": step, **row}
-        new = not self.csv_path.exists()
-        with open(self.csv_path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-        if self.writer is not None:
-            for k, v in row.items():
-                if k != "step" and not math.isnan(v):
-                    self.writer.add_scalar(_tb_tag(k), v, step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-def _tb_tag(key: str) -> str:
-    if key.startswith(("acc_real_t", "acc_fake_t")):
-        return f"acc_by_t/{key[4:]}"
-    if key.startswith(("res_", "eps_")):
-        return f"residual/{key}"
-    if key.startswith(("loss", "l_d", "acc_")):
-        return f"loss/{key}"
-    return f"train/{key}"
-
-
-def _truncate_csv(path: Path, step: int) -> None:
-    if not path.exists():
-        return
-    if step == 0:
-        path.unlink()
-        return
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    keep = [r for r in rows if int(r["step"]) <= step]
-    if len(keep) == len(rows):
-        return
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(keep)
-
-
 # -- configuration and data --------------------------------------------------------------------
-def check_train_config(tc, world_size: int = 1) -> None:
-    """One clear error per bad ``train.*`` value."""
-    if tc.mixed_precision not in MIXED_PRECISION:
-        raise ValueError(
-            f"train.mixed_precision must be one of {MIXED_PRECISION}, got {tc.mixed_precision!r}"
-        )
-    if tc.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise ValueError("train.mixed_precision=fp16 needs a CUDA device; use bf16 (or no) on CPU")
-    for key in ("steps", "batch_size", "log_every", "ckpt_every", "t_buckets"):
-        if int(tc[key]) < 1:
-            raise ValueError(f"train.{key} must be >= 1, got {tc[key]}")
-    if tc.batch_size % world_size:
-        raise ValueError(
-            f"train.batch_size={tc.batch_size} (the global batch) is not divisible by the "
-            f"{world_size} processes: use a multiple of {world_size}"
-        )
-    if tc.ema_decay is not None and not 0 <= tc.ema_decay < 1:
-        raise ValueError(f"train.ema_decay must be in [0, 1) or null (off), got {tc.ema_decay}")
-    if tc.grad_clip is not None and not tc.grad_clip > 0:
-        raise ValueError(f"train.grad_clip must be > 0 or null (off), got {tc.grad_clip}")
-    if int(tc.num_workers) < 0:
-        raise ValueError(f"train.num_workers must be >= 0, got {tc.num_workers}")
-
-
-def uses_latent_cache(data) -> bool:
-    """Data sets of media clips (PairedVideoFolder, SyntheticPairs) go through the sharded latent
-    caches of ``mmdisco.data.cache`` / ``mmdisco.fakes``; pair sets that live in memory (the
-    toy) give their pairs with ``real_pairs`` and their fakes are sampled into the run dir."""
-    return hasattr(data, "cache_key") and hasattr(data, "for_bases")
-
-
-def _base_key(cfg: DictConfig) -> dict:
-    """The base config that names a cache (without keys that do not change the models)."""
-    base = OmegaConf.to_container(cfg.base, resolve=True)
-    return {k: v for k, v in base.items() if k != "progress"}
-
-
-def real_dataset(data, bases, cfg: DictConfig, accelerator: Accelerator) -> Dataset:
-    """The real pairs as a Dataset, identical on every process: the sharded latent cache
-    (every rank encodes its shards) or ``real_pairs(bases)`` computed once by the main process
-    and saved to ``run_dir/real_pairs.safetensors``."""
-    progress = bool(cfg.progress) and accelerator.is_main_process
-    if uses_latent_cache(data):
-        from mmdisco.data.cache import ShardedPairs, cache_real_latents
-
-        path = cache_real_latents(
-            data, bases, cfg.cache_dir, _base_key(cfg), accelerator=accelerator, progress=progress
-        )
-        return ShardedPairs(path)
-    path = Path(cfg.run_dir) / "real_pairs.safetensors"
-    with accelerator.main_process_first():
-        if not path.exists() and accelerator.is_main_process:
-            save_tensors(path, data.real_pairs(bases))
-        return TensorPairs(load_tensors(path))
-
-
-def fake_dataset(data, bases, cfg: DictConfig, accelerator: Accelerator) -> Dataset:
-    """Pairs sampled independently from the bases, once: sharded over the ranks into
-    ``<cache_dir>/fakes-<hash>`` (prompts drawn from the data's captions) for a cached data
-    set, else by the main process into ``run_dir/fake_pairs.safetensors``."""
-    progress = bool(cfg.progress) and accelerator.is_main_process
-    seed = cfg.seed + 10_000
-    if uses_latent_cache(data):
-        from mmdisco.data.cache import ShardedPairs
-        from mmdisco.fakes import presample_fakes
-
-        path = presample_fakes(
-            bases,
-            data.captions,
-            cfg.fake.num_pairs,
-            cfg.cache_dir,
-            seed=seed,
-            sampler_kwargs=fake_sampler_kwargs(cfg.sampler),
-            shard_size=cfg.fake.shard_size,
-            batch_size=cfg.fake.batch_size,
-            base_config=_base_key(cfg),
-            accelerator=accelerator,
-            device=accelerator.device,
-            progress=progress,
-        )
-        return ShardedPairs(path)
-    path = Path(cfg.run_dir) / "fake_pairs.safetensors"
-    with accelerator.main_process_first():
-        pairs = fake_pairs(bases, cfg.fake, cfg.sampler, path, seed, accelerator.device, progress)
-    return TensorPairs(pairs)
-
-
 def holdout_count(num_real: int, holdout: float) -> int:
     """Real pairs kept out of D training (the last ones of the store) to calibrate the joint
     scales: ``holdout`` is a fraction of the real pairs, at least 1 pair when > 0."""
@@ -331,6 +84,7 @@ def holdout_count(num_real: int, holdout: float) -> int:
 
 
 def pair_loader(dataset, tc, seed, stream, start, rank, world, pin, num_items=None) -> DataLoader:
+    """Batches of ``dataset`` items [0, num_items) (default: all) for steps [start, steps)."""
     num = len(dataset) if num_items is None else num_items
     sampler = StepIndices(num, tc.batch_size, seed, stream, start, tc.steps, rank, world)
     return DataLoader(
@@ -350,69 +104,46 @@ def batch_to(batch: dict, device) -> dict:
 
 def conditions(bases, batch: dict):
     """Per-modality conditions of a batch: None for bare {audio, video} pairs; otherwise built
-    from the cached embeddings / captions it carries by ``mmdisco.data.cache.batch_conditions``."""
+    from the stored embeddings it carries by ``mmdisco.pairs.batch_conditions``."""
     if not any(k.endswith(("_cond", "_pooled")) for k in batch):
         return None  # bare pairs, or captions of unconditional bases
-    from mmdisco.data.cache import batch_conditions
-
     conds = batch_conditions(bases, batch)
     return conds if any(c is not None for c in conds.values()) else None
 
 
-def global_shapes(batch: dict, batch_size: int) -> dict[str, tuple[int, ...]]:
-    return {m: (batch_size, *batch[m].shape[1:]) for m in MODALITIES}
+def global_shapes(batch: dict, batch_size: int, names) -> dict[str, tuple[int, ...]]:
+    return {m: (batch_size, *batch[m].shape[1:]) for m in names}
 
 
 # -- the loop ------------------------------------------------------------------------------------
 def train(cfg: DictConfig) -> Path:
     """Train (or resume) the discriminator of ``cfg.run_dir``; returns the weights' path."""
     tc = cfg.train
-    check_train_config(tc)
-    setup_torch(cfg.device, cfg.threads)
-    accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=cfg.device == "cpu")
+    accelerator, run_dir = start_run(cfg)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
-    check_train_config(tc, world)
     main = accelerator.is_main_process
-    run_dir = Path(cfg.run_dir)
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
 
     # 1. base models (frozen; the main process trains / downloads them first),
-    # 2. real pairs, 3. fake pairs from the independent bases
+    # 2. real pairs, 3. fake pairs from the bare bases (the pair store)
     with accelerator.main_process_first():
         bases = instantiate(cfg.base).to(device).eval().requires_grad_(False)
     data = instantiate(cfg.data)
-    real = real_dataset(data, bases, cfg, accelerator)
-    fake = fake_dataset(data, bases, cfg, accelerator)
+    progress = bool(cfg.progress) and main
+    real = real_pairs(data, bases, cfg, accelerator, progress)
+    fake = fake_pairs(data, bases, cfg, accelerator, device, progress)
 
-    # 4. the discriminator (seeded here: its init must not depend on whether the stages above
-    # ran or were read from a cache), its EMA, optimizer and loss
-    torch.manual_seed(cfg.seed)
-    disc = instantiate(cfg.discriminator).to(device).train()
-    opt = torch.optim.Adam(disc.parameters(), lr=tc.lr)
-    ema = EMA(disc, tc.ema_decay) if tc.ema_decay is not None else None
+    # 4. the discriminator, its optimizer, EMA and loss, resumed from the last checkpoint
+    disc, opt, ema, start = discriminator_state(cfg, accelerator, run_dir / CHECKPOINT_DIR)
     loss_fn = instantiate(cfg.loss)
-    ckpt, start, extra = run_dir / "checkpoint", 0, {}
-    if checkpoint_exists(ckpt):
-        start, extra = load_checkpoint(ckpt, disc, opt, ema.shadow if ema else None, rank)
-    disc, opt = accelerator.prepare(disc, opt)
-    accelerator.unwrap_model(disc, keep_fp32_wrapper=False)  # autocast only where the loss says
-    if accelerator.scaler is not None and "scaler" in extra:
-        accelerator.scaler.load_state_dict(extra["scaler"])
-
-    pin = device.type == "cuda"
-    cal = cfg.get("calibration") or {}
-    num_heldout = holdout_count(len(real), float(cal.get("holdout", 0.0)))
+    num_heldout = holdout_count(len(real), float((cfg.get("calibration") or {}).get("holdout", 0)))
     loaders = [
-        pair_loader(ds, tc, cfg.seed, stream, start, rank, world, pin, n)
+        pair_loader(ds, tc, cfg.seed, stream, start, rank, world, device.type == "cuda", n)
         for ds, stream, n in (
             (real, REAL_STREAM, len(real) - num_heldout),
             (fake, FAKE_STREAM, len(fake)),
         )
     ]
-    num_t = bases.schedules["audio"].num_train_timesteps
-    local = tc.batch_size // world
+    num_t = bases.schedules[bases.names[0]].num_train_timesteps
     meter = Meter(num_t, int(tc.t_buckets), device)
     logs = Logs(run_dir, start, bool(tc.tensorboard)) if main else None
     bar = tqdm(
@@ -420,21 +151,9 @@ def train(cfg: DictConfig) -> Path:
     )
     tick, tick_step = time.perf_counter(), start
     for step, (real_b, fake_b) in enumerate(zip(*loaders), start=start):
-        real_b, fake_b = batch_to(real_b, device), batch_to(fake_b, device)
-        real_c, fake_c = conditions(bases, real_b), conditions(bases, fake_b)
-        draws = loss_fn.draw(
-            num_t,
-            global_shapes(real_b, tc.batch_size),
-            global_shapes(fake_b, tc.batch_size),
-            conditional=real_c is not None,
-            generator=step_generator(cfg.seed, LOSS_STREAM, step, device),
-        ).slice(rank * local, (rank + 1) * local)
-        with accelerator.autocast():
-            terms = loss_fn(disc, bases, real_b, fake_b, real_c, fake_c, draws=draws)
-        opt.zero_grad(set_to_none=True)
-        accelerator.backward(terms["loss"])
-        grad_norm = accelerator.clip_grad_norm_(disc.parameters(), tc.grad_clip or math.inf)
-        opt.step()
+        terms, grad_norm = train_step(
+            cfg, accelerator, bases, disc, opt, loss_fn, step, real_b, fake_b
+        )
         if ema is not None:
             ema.update(accelerator.unwrap_model(disc))
         meter.add(terms, torch.as_tensor(grad_norm, device=device))
@@ -451,55 +170,120 @@ def train(cfg: DictConfig) -> Path:
                 logs.write(done, row)
                 bar.set_postfix({k: f"{row[k]:.3f}" for k in ("l_d", "l_dsm", "acc_real")})
         if done % tc.ckpt_every == 0:
-            save_checkpoint(
-                ckpt,
-                done,
-                accelerator.unwrap_model(disc),
-                opt,
-                OmegaConf.to_container(cfg, resolve=True),
-                ema=ema.shadow if ema else None,
-                extra={"scaler": accelerator.scaler.state_dict()} if accelerator.scaler else None,
-                rank=rank,
-                world_size=world,
-                barrier=accelerator.wait_for_everyone,
-            )
+            checkpoint(cfg, accelerator, run_dir / CHECKPOINT_DIR, done, disc, opt, ema)
     bar.close()
     weights = finish(accelerator, disc, ema, run_dir, logs)
-    if main and num_heldout:
+    if main and num_heldout:  # 5. joint scales from the held-out real pairs (joint_scales=auto)
         calibrate_run(cfg, bases, real, num_heldout, weights, device)
     return weights
 
 
 def calibrate_run(cfg, bases, real, num_heldout: int, weights: Path, device) -> dict:
     """Joint scales that minimise L_DSM on the held-out real pairs (``mmdisco.calibration``),
-    written to ``run_dir/joint_scales.json`` for ``joint_scales=auto``; returns them."""
+    written to ``run_dir/joint_scales.json`` for ``guidance.joint_scales=auto``; returns them."""
     from mmdisco.calibration import (
         SCALES_FILE,
         dsm_optimal_scales,
         residual_statistics,
         save_joint_scales,
     )
-    from mmdisco.data.latents import collate_pairs
     from mmdisco.io import load_module
 
     cal = cfg.calibration
     n = min(num_heldout, int(cal.max_pairs))
-    idx = list(range(len(real) - num_heldout, len(real) - num_heldout + n))
-    batch = batch_to(collate_pairs([real[i] for i in idx]), device)
-    conds = conditions(bases, batch)
+    first = len(real) - num_heldout
+    batch = batch_to(collate_pairs([real[i] for i in range(first, first + n)]), device)
     disc = load_module(weights, instantiate(cfg.discriminator)).to(device).eval()
     disc.requires_grad_(False)
     gen = step_generator(cfg.seed, CALIBRATION_STREAM, 0)
-    pairs = {m: batch[m] for m in MODALITIES}
     stats = residual_statistics(
-        disc, bases, pairs, int(cal.buckets), int(cal.draws), int(cal.batch_size), gen, conds
+        disc,
+        bases,
+        {m: batch[m] for m in bases.names},
+        int(cal.buckets),
+        int(cal.draws),
+        int(cal.batch_size),
+        gen,
+        conditions(bases, batch),
     )
     scales = dsm_optimal_scales(stats, per_bucket=bool(cal.per_bucket))
-    save_joint_scales(
-        Path(cfg.run_dir) / SCALES_FILE, scales, stats, {"heldout_pairs": n, "draws": cal.draws}
-    )
+    extra = {"heldout_pairs": n, "draws": int(cal.draws)}
+    save_joint_scales(Path(cfg.run_dir) / SCALES_FILE, scales, stats, extra)
     print(f"joint scales (L_DSM-optimal on {n} held-out real pairs): {scales}")
     return scales
+
+
+def start_run(cfg: DictConfig) -> tuple[Accelerator, Path]:
+    """Check the config (once), set up torch and the processes, save the resolved config."""
+    check_no_moved_keys(cfg)
+    setup_torch(cfg.device, cfg.threads)
+    cpu = cfg.device == "cpu"
+    check_train_config(cfg.train, PartialState(cpu=cpu).num_processes)
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=cpu)
+    run_dir = Path(cfg.run_dir)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
+    return accelerator, run_dir
+
+
+def discriminator_state(cfg: DictConfig, accelerator: Accelerator, ckpt: Path):
+    """(D, optimizer, EMA or None, first step), restored from ``ckpt`` when it exists. D is
+    seeded here: its init must not depend on whether the stages before ran or were cached."""
+    tc, device = cfg.train, accelerator.device
+    torch.manual_seed(cfg.seed)
+    disc = instantiate(cfg.discriminator).to(device).train()
+    opt = torch.optim.Adam(disc.parameters(), lr=tc.lr)
+    ema = EMA(disc, tc.ema_decay) if tc.ema_decay is not None else None
+    start, extra = 0, {}
+    if checkpoint_exists(ckpt):
+        shadow = ema.shadow if ema else None
+        start, extra = load_checkpoint(ckpt, disc, opt, shadow, accelerator.process_index)
+    disc, opt = accelerator.prepare(disc, opt)
+    accelerator.unwrap_model(disc, keep_fp32_wrapper=False)  # autocast only where the loss says
+    if accelerator.scaler is not None and "scaler" in extra:
+        accelerator.scaler.load_state_dict(extra["scaler"])
+    return disc, opt, ema, start
+
+
+def train_step(cfg, accelerator, bases, disc, opt, loss_fn, step, real_b, fake_b):
+    """One optimizer step on this process's slice of the global batch; (terms, grad norm)."""
+    tc, device = cfg.train, accelerator.device
+    local = tc.batch_size // accelerator.num_processes
+    first = accelerator.process_index * local
+    real_b, fake_b = batch_to(real_b, device), batch_to(fake_b, device)
+    real_c, fake_c = conditions(bases, real_b), conditions(bases, fake_b)
+    draws = loss_fn.draw(
+        bases.schedules[bases.names[0]].num_train_timesteps,
+        global_shapes(real_b, tc.batch_size, bases.names),
+        global_shapes(fake_b, tc.batch_size, bases.names),
+        conditional=real_c is not None,
+        generator=step_generator(cfg.seed, LOSS_STREAM, step, device),
+    ).slice(first, first + local)
+    with accelerator.autocast():
+        terms = loss_fn(disc, bases, real_b, fake_b, real_c, fake_c, draws=draws)
+    opt.zero_grad(set_to_none=True)
+    accelerator.backward(terms["loss"])
+    grad_norm = accelerator.clip_grad_norm_(disc.parameters(), tc.grad_clip or math.inf)
+    opt.step()
+    return terms, grad_norm
+
+
+def checkpoint(cfg, accelerator: Accelerator, ckpt: Path, done: int, disc, opt, ema) -> None:
+    """Everything a resumed run needs, written atomically (see ``mmdisco.checkpoint``)."""
+    scaler = accelerator.scaler
+    save_checkpoint(
+        ckpt,
+        done,
+        accelerator.unwrap_model(disc),
+        opt,
+        OmegaConf.to_container(cfg, resolve=True),
+        ema=ema.shadow if ema else None,
+        extra={"scaler": scaler.state_dict()} if scaler else None,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+        barrier=accelerator.wait_for_everyone,
+    )
 
 
 def finish(accelerator: Accelerator, disc, ema: EMA | None, run_dir: Path, logs) -> Path:

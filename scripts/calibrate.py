@@ -19,7 +19,8 @@ from accelerate import Accelerator
 from omegaconf import DictConfig, OmegaConf
 
 from mmdisco.runs import WEIGHTS_FILE, load_run, setup_torch
-from mmdisco.training import calibrate_run, holdout_count, real_dataset
+from mmdisco.pairs.prepare import real_pairs
+from mmdisco.training import calibrate_run, holdout_count
 
 
 @hydra.main(config_path="../configs", config_name="calibrate", version_base="1.3")
@@ -30,7 +31,7 @@ def main(cfg: DictConfig) -> None:
     overrides = {k: v for k, v in OmegaConf.to_container(cfg.calibration).items() if v is not None}
     train_cfg.calibration = OmegaConf.merge(train_cfg.get("calibration") or {}, overrides)
     accelerator = Accelerator(cpu=device.type == "cpu")
-    real = real_dataset(run.data, run.bases, train_cfg, accelerator)
+    real = real_pairs(run.data, run.bases, train_cfg, accelerator, bool(cfg.progress))
     num = holdout_count(len(real), float(train_cfg.calibration.holdout))
     if num == 0:
         raise ValueError(

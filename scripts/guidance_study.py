@@ -29,14 +29,15 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 
+from mmdisco.guidance import JointGuidance
 from mmdisco.metrics.synthetic import clip_row, summarize
-from mmdisco.runs import load_run, resolve_joint_scales, sample_in_batches, sampler_kwargs
-from mmdisco.sampling import JointSampler
+from mmdisco.runs import load_run, resolve_joint_scales, sample_in_batches
+from mmdisco.sampling import build_sampler
 
 ROOT = Path(__file__).resolve().parent.parent
 METRICS = ("semantic", "temporal", "semantic_and_temporal", "video_valid", "audio_valid")
 NEG = "loss.negatives={mismatch: 0.25, shift: 0.25}"
-POOLED = "discriminator.fusion=framewise_pooled"
+POOLED = "discriminator.fusion.kind=framewise_pooled"
 ROWS = {  # name -> train.py overrides on top of experiment=synthetic (the candidates of issue 10)
     "demo": [],
     "dsm_sum": ["loss.dsm_reduction=sum"],
@@ -80,9 +81,11 @@ def score(bases, samples, av_align: bool) -> dict:
     return summarize(rows)
 
 
-def sample_pairs(run, discriminator, scales, kwargs, num, device, progress=False):
-    sampler = JointSampler(run.bases, discriminator, joint_scales=scales, **kwargs)
-    return sample_in_batches(sampler, num, num, 0, device, progress)
+def sample_pairs(run, discriminator, scales, num, device, progress=False):
+    """``num`` pairs from the run's sampler settings (seed 0), guided when D is given."""
+    model = run.bases if discriminator is None else JointGuidance(run.bases, discriminator, scales)
+    sampler = build_sampler(model, run.cfg.sampler)
+    return sample_in_batches(sampler, run.bases, num, num, 0, device, progress)
 
 
 def mean_std(values) -> str:
@@ -151,12 +154,12 @@ def run_parallel(a) -> None:
 
 def unguided(a, run) -> dict:
     """Scores of the pairs the bases make alone from the study's noise (once per sampler)."""
-    kwargs = sampler_kwargs(run.cfg.sampler)
-    kwargs.pop("joint_scales", None)
-    path = Path(a.out) / f"unguided-{_key(kwargs)}-{a.num}.json"
+    settings = build_sampler(run.bases, run.cfg.sampler).solver_settings
+    settings["joint_num_steps"] = run.cfg.sampler.joint_num_steps
+    path = Path(a.out) / f"unguided-{_key(settings)}-{a.num}.json"
     if not path.exists():
         t0 = time.time()
-        pairs = sample_pairs(run, None, 0.0, kwargs, a.num, a.device)
+        pairs = sample_pairs(run, None, 0.0, a.num, a.device)
         res = {**score(run.bases, pairs, a.av_align), "sample_s": time.time() - t0}
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(res))
@@ -182,15 +185,13 @@ def study_row(a, name: str, overrides: list[str]) -> None:
         train_run(run_dir, seed, overrides + ["progress=false"], a.device, a.threads)
         train_s = time.time() - start
         run = load_run(run_dir, a.device)
-        kwargs = sampler_kwargs(run.cfg.sampler)
-        kwargs.pop("joint_scales", None)
         cal = json.loads((run_dir / "joint_scales.json").read_text())
         row = {"seed": seed, "overrides": overrides, "train_s": train_s, "calibration": cal}
         row.update(scales={}, unguided=unguided(a, run))
         for s in a.scales:
             scales = resolve_joint_scales(s if s == "auto" else float(s), run_dir)
             t0 = time.time()
-            pairs = sample_pairs(run, run.discriminator, scales, kwargs, a.num, a.device)
+            pairs = sample_pairs(run, run.discriminator, scales, a.num, a.device)
             res = {**score(run.bases, pairs, a.av_align), "sample_s": time.time() - t0}
             row["scales"][s] = {"joint_scales": scales, **res}
         (run_dir / "study.json").write_text(json.dumps(row, indent=1, default=float))

@@ -17,40 +17,44 @@ Data-space bases (the toy): ``samples.npz`` (one array per modality) and a scatt
 from __future__ import annotations
 
 import csv
+import sys
 from pathlib import Path
 
 import hydra
 import numpy as np
 from omegaconf import DictConfig
 
+from mmdisco.config import check_no_moved_keys, exit_on_moved_keys
 from mmdisco.plots import toy_scatter
 from mmdisco.runs import (
+    build_guidance,
     load_run,
-    resolve_joint_scales,
     sample_in_batches,
-    sampler_kwargs,
     sampling_prompts,
     setup_torch,
+    with_overrides,
 )
-from mmdisco.sampling import JointSampler
+from mmdisco.sampling import build_sampler
 
 
 @hydra.main(config_path="../configs", config_name="sample", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    check_no_moved_keys(cfg)
     device = setup_torch(cfg.device, cfg.threads)
     run = load_run(cfg.run_dir, device, with_discriminator=cfg.guided)
     if cfg.get("super_resolution") is not None:  # bases with an SR stage (MM-Diffusion)
         run.bases.super_resolution = bool(cfg.super_resolution)
-    kwargs = {**sampler_kwargs(run.cfg.sampler), **sampler_kwargs(cfg.sampler)}
-    if cfg.guided:
-        kwargs["joint_scales"] = resolve_joint_scales(kwargs.get("joint_scales"), cfg.run_dir)
-        print(f"joint scales: {kwargs['joint_scales']}")
-    sampler = JointSampler(run.bases, run.discriminator, **kwargs)
+    noise_model = run.bases
+    if cfg.guided:  # the caller composes the guidance; the sampler only solves
+        guidance_cfg = with_overrides(run.cfg.guidance, cfg.guidance)
+        noise_model = build_guidance(run.bases, run.discriminator, guidance_cfg, cfg.run_dir)
+        print(f"joint scales: {noise_model.joint_scales}")
+    sampler = build_sampler(noise_model, with_overrides(run.cfg.sampler, cfg.sampler))
     prompts = sampling_prompts(run.bases, run.data, cfg.prompts, cfg.num_samples, cfg.seed)
     samples = sample_in_batches(
-        sampler, cfg.num_samples, cfg.batch_size, cfg.seed, device, cfg.progress, prompts
+        sampler, run.bases, cfg.num_samples, cfg.batch_size, cfg.seed, device, cfg.progress, prompts
     )
-    if decodes_to_media(run.bases):
+    if run.bases.decodes_to_media:
         out = Path(cfg.run_dir) / (cfg.out or ("guided" if cfg.guided else "unguided"))
         write_mp4s(run.bases, samples, out, cfg.progress)
         if prompts is not None:  # which prompt made which file
@@ -65,29 +69,21 @@ def main(cfg: DictConfig) -> None:
         write_npz(run, samples, out, "guided" if cfg.guided else "no joint")
 
 
-def decodes_to_media(bases) -> bool:
-    return bool(
-        getattr(bases["audio"], "sample_rate", None) and getattr(bases["video"], "fps", None)
-    )
-
-
 def write_mp4s(bases, samples, out: Path, progress: bool) -> None:
     from tqdm.auto import tqdm
 
     from mmdisco.media import write_video_with_audio
 
-    audio, video = bases["audio"], bases["video"]
     out.mkdir(parents=True, exist_ok=True)
     n = len(samples["audio"])
     for i in tqdm(range(n), disable=not progress, desc="decoding"):
-        wave = audio.decode(samples["audio"][i : i + 1].to(audio.device))[0]
-        frames = video.decode(samples["video"][i : i + 1].to(video.device))[0]
+        media = bases.decode({m: x[i : i + 1].to(bases.device) for m, x in samples.items()})
         write_video_with_audio(
             out / f"{i:05d}.mp4",
-            frames.cpu().numpy(),
-            video.fps,
-            wave.cpu().numpy(),
-            audio.sample_rate,
+            media["video"][0].cpu().numpy(),
+            bases.fps,
+            media["audio"][0].cpu().numpy(),
+            bases.sample_rate,
         )
     print(f"wrote {n} mp4 files with sound to {out}")
 
@@ -103,4 +99,5 @@ def write_npz(run, samples, out: Path, title: str) -> None:
 
 
 if __name__ == "__main__":
+    exit_on_moved_keys(sys.argv[1:])
     main()

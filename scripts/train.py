@@ -12,9 +12,12 @@ processes. Re-running with the same run_dir resumes from its last checkpoint.
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
+from mmdisco.config import exit_on_moved_keys
 from mmdisco.training import train
 
 
@@ -25,4 +28,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    exit_on_moved_keys(sys.argv[1:])
     main()

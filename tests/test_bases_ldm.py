@@ -9,6 +9,7 @@ from diffusers import DDPMScheduler
 from tiny_components import tiny_clip_text_model, tiny_clip_tokenizer, tiny_vae
 
 from mmdisco.bases import ldm
+from mmdisco.pretrained import resolve_pretrained
 
 
 @pytest.mark.parametrize("kind", ["linear", "scaled_linear"])
@@ -37,7 +38,7 @@ def test_schedule_overrides_and_trained_betas():
 def test_missing_local_dir_lists_every_file_and_hint(tmp_path):
     required = ldm.component_files("unet") + ldm.component_files("scheduler", "scheduler")
     with pytest.raises(FileNotFoundError) as err:
-        ldm.resolve_pretrained(tmp_path / "absent", required, "Get it from org/model.")
+        resolve_pretrained(tmp_path / "absent", required, "Get it from org/model.")
     msg = str(err.value)
     assert "does not exist" in msg and "Get it from org/model." in msg
     assert "unet/config.json" in msg and "unet/diffusion_pytorch_model.safetensors" in msg
@@ -46,7 +47,7 @@ def test_missing_local_dir_lists_every_file_and_hint(tmp_path):
     (tmp_path / "partial" / "unet" / "config.json").write_text("{}")
     (tmp_path / "partial" / "unet" / "model.safetensors").write_text("")  # any weight name
     with pytest.raises(FileNotFoundError, match="lacks scheduler/scheduler_config.json\\."):
-        ldm.resolve_pretrained(tmp_path / "partial", required, "")
+        resolve_pretrained(tmp_path / "partial", required, "")
 
 
 def test_uncached_hub_id_offline_is_one_clear_error(tmp_path, monkeypatch):
@@ -56,7 +57,7 @@ def test_uncached_hub_id_offline_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(FileNotFoundError) as err:
-        ldm.resolve_pretrained("mmdisco-tests/not-a-model", ldm.component_files("vae"), "hint!")
+        resolve_pretrained("mmdisco-tests/not-a-model", ldm.component_files("vae"), "hint!")
     msg = str(err.value)
     assert "mmdisco-tests/not-a-model" in msg and "vae/config.json" in msg and "hint!" in msg
 

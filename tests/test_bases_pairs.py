@@ -16,6 +16,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from tiny_audio_components import save_tiny_audioldm, save_tiny_auffusion
 from tiny_components import (
     sd_scheduler,
@@ -30,6 +31,8 @@ from tiny_components import (
 from mmdisco.bases.animatediff import AnimateDiffBase
 from mmdisco.bases.videocrafter import VideoCrafter2Base, videocrafter2_scheduler
 from mmdisco.media import read_video_with_audio, write_video_with_audio
+from mmdisco.runs import build_guidance
+from mmdisco.sampling import build_sampler
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 SIZE = dict(num_frames=16, height=32, width=32)  # 16 frames at 8 fps = the 2.0 s of audio
@@ -94,10 +97,11 @@ def test_pair_config_samples_two_guided_steps_and_writes_an_mp4(pair, tmp_path):
     with torch.no_grad():  # zero-initialised output layers would make the guidance vanish
         for p in disc.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    assert cfg.sampler.joint_scales == "auto"  # resolved from a trained run; a number here
-    assert cfg.discriminator.fusion == "transformer"  # a head that can couple (issue 10)
-    sampler = instantiate(cfg.sampler)(bases, disc, num_steps=2, joint_scales=1.0)
-    unguided_sampler = instantiate(cfg.sampler)(bases, None, num_steps=2)
+    assert cfg.guidance.joint_scales == "auto"  # resolved from a trained run; a number here
+    assert cfg.discriminator.fusion.kind == "transformer"  # a head that can couple (issue 10)
+    guided_model = build_guidance(bases, disc, OmegaConf.merge(cfg.guidance, {"joint_scales": 1.0}))
+    sampler = build_sampler(guided_model, cfg.sampler, num_steps=2)
+    unguided_sampler = build_sampler(bases, cfg.sampler, num_steps=2)
     shapes = bases.sample_shapes(1)
     guided = sampler.sample(1, conds=conds, generator=torch.Generator().manual_seed(0))
     unguided = unguided_sampler.sample(1, conds=conds, generator=torch.Generator().manual_seed(0))

@@ -93,10 +93,10 @@ def test_missing_pretrained_dir_says_what_and_how(tmp_path):
 
 
 def test_relative_pretrained_path_falls_back_to_the_repo_root(tmp_path, monkeypatch):
-    import mmdisco.bases.synthetic as S
+    import mmdisco.pretrained as P
 
     tiny(SyntheticVideoBase).save_pretrained(tmp_path / "repo" / "assets" / "v")
-    monkeypatch.setattr(S, "REPO_ROOT", tmp_path / "repo")
+    monkeypatch.setattr(P, "REPO_ROOT", tmp_path / "repo")
     monkeypatch.chdir(tmp_path)
     SyntheticVideoBase.from_pretrained("assets/v")  # not in the working directory
 

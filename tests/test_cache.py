@@ -11,14 +11,9 @@ import torch
 from tiny_pair_bases import synthetic_bases, text_bases
 from torch.utils.data import DataLoader
 
-from mmdisco.data.cache import (
-    INDEX_FILE,
-    ShardedPairs,
-    batch_conditions,
-    cache_real_latents,
-    shard_name,
-)
 from mmdisco.data.paired import SyntheticPairs, read_clip
+from mmdisco.pairs import ShardedPairs, batch_conditions, cache_real_latents
+from mmdisco.pairs.store import INDEX_FILE, shard_name
 
 NUM_CLIPS, CORRUPT = 10, 4  # clip 4 is overwritten with garbage: shard 1 holds 2 pairs
 OPTS = dict(shard_size=3, batch_size=2, progress=False)

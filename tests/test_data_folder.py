@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import logging
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -124,21 +123,20 @@ def test_dataloader_workers_drop_skipped_clips_and_report_them(folder):
     assert data.summary()["skipped"] == 3
 
 
-def test_for_bases_takes_fps_size_rate_from_the_bases_and_checks_the_window(folder):
-    video = SimpleNamespace(fps=8, height=16, width=24, num_frames=8)
-    audio = SimpleNamespace(sample_rate=16_000, num_samples=16_000)
+def test_for_media_format_takes_fps_size_rate_from_the_bases_and_checks_the_window(folder):
+    fmt = dict(fps=8, height=16, width=24, num_frames=8, sample_rate=16_000, num_samples=16_000)
     data = PairedVideoFolder(folder, folder / "clips.csv", duration=1.0)
     with pytest.raises(ValueError, match="data.fps is not set"):
         data[0]
-    data.for_bases({"audio": audio, "video": video})
+    data.for_media_format(fmt)
     assert (data.fps, data.size, data.sample_rate) == (8.0, (16, 24), 16_000)
     assert data[4]["video"].shape == (8, 16, 24, 3)
     long = PairedVideoFolder(folder, "clips.csv", duration=2.0)
     with pytest.raises(ValueError, match="gives 16 frames, but the base model takes 8"):
-        long.for_bases({"audio": audio, "video": video})
+        long.for_media_format(fmt)
     other = PairedVideoFolder(folder, "clips.csv", duration=1.0, fps=10)
     with pytest.raises(ValueError, match="data.fps=10.0 differs"):
-        other.for_bases({"audio": audio, "video": video})
+        other.for_media_format(fmt)
 
 
 def test_filters_keep_list_path_format_and_headerless_csv(folder, tmp_path):

@@ -12,6 +12,8 @@ from mmdisco.bases import IndependentBases
 from mmdisco.bases.synthetic import SyntheticAudioBase, SyntheticVideoBase
 from mmdisco.data import synthetic as W
 from mmdisco.data.paired import SyntheticPairs
+from mmdisco.metrics import evaluate
+from mmdisco.pairs import ShardedPairs, cache_real_latents
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 TINY = dict(block_out_channels=(8, 16), norm_num_groups=4, mid_attention=False)
@@ -33,6 +35,11 @@ def data_dir(tmp_path_factory):
     return path
 
 
+def stored_pairs(data, bases, cache_dir: Path) -> dict:
+    """The real pairs as the pair store encodes them (the one path to real latents)."""
+    return ShardedPairs(cache_real_latents(data, bases, cache_dir, progress=False)).load_all()
+
+
 def copy_dataset(src: Path, dst: Path) -> Path:
     dst.mkdir()
     for f in src.iterdir():
@@ -42,7 +49,7 @@ def copy_dataset(src: Path, dst: Path) -> Path:
 
 def test_generates_the_data_set_when_missing(tmp_path, bases):
     data = SyntheticPairs(tmp_path / "d", num_clips=3, seed=3, progress=False)
-    pairs = data.real_pairs(bases)
+    pairs = stored_pairs(data, bases, tmp_path / "cache")
     assert (tmp_path / "d" / "metadata.csv").exists()
     assert len(list((tmp_path / "d").glob("*.mp4"))) == 3
     assert pairs["audio"].shape == bases["audio"].sample_shape(3)
@@ -50,9 +57,9 @@ def test_generates_the_data_set_when_missing(tmp_path, bases):
     assert data.skipped == []
 
 
-def test_reads_and_encodes_like_the_bases(data_dir, bases):
+def test_reads_and_encodes_like_the_bases(data_dir, bases, tmp_path):
     data = SyntheticPairs(data_dir, num_clips=5, seed=3, progress=False, batch_size=2)
-    pairs = data.real_pairs(bases)
+    pairs = stored_pairs(data, bases, tmp_path)
     frames, audio, rows = data.load_media()
     assert [r["file"] for r in rows] == [W.clip_filename(i) for i in range(5)]
     assert torch.allclose(pairs["video"], bases["video"].encode(frames))
@@ -63,8 +70,9 @@ def test_reads_and_encodes_like_the_bases(data_dir, bases):
     assert rows[0]["caption"] == W.CLASS_NAMES[k] and int(rows[0]["onset"]) == onset
 
 
-def test_fewer_clips_than_listed_uses_the_first(data_dir, bases):
-    pairs = SyntheticPairs(data_dir, num_clips=2, seed=3, progress=False).real_pairs(bases)
+def test_fewer_clips_than_listed_uses_the_first(data_dir, bases, tmp_path):
+    data = SyntheticPairs(data_dir, num_clips=2, seed=3, progress=False)
+    pairs = stored_pairs(data, bases, tmp_path)
     assert pairs["video"].shape[0] == 2
 
 
@@ -74,8 +82,8 @@ def test_corrupt_and_missing_clips_are_skipped_and_counted(data_dir, tmp_path, b
     (d / W.clip_filename(3)).unlink()
     data = SyntheticPairs(d, num_clips=5, seed=3, progress=False)
     with caplog.at_level(logging.WARNING, logger="mmdisco.data.paired"):
-        pairs = data.real_pairs(bases)
-    assert pairs["audio"].shape[0] == pairs["video"].shape[0] == 3
+        frames, audio, rows = data.load_media()
+    assert len(frames) == len(audio) == len(rows) == 3
     assert [p.name for p, _ in data.skipped] == [W.clip_filename(1), W.clip_filename(3)]
     assert "no such file" in data.skipped[1][1]
     assert W.clip_filename(1) in caplog.text and "skipped 2 of 5" in caplog.text
@@ -86,11 +94,12 @@ def test_nothing_readable_is_an_error(data_dir, tmp_path, bases):
     for f in d.glob("*.mp4"):
         f.write_bytes(b"garbage")
     with pytest.raises(RuntimeError, match="no readable clip"):
-        SyntheticPairs(d, num_clips=5, seed=3, progress=False).real_pairs(bases)
+        SyntheticPairs(d, num_clips=5, seed=3, progress=False).load_media()
 
 
 def test_evaluate_real_clips_are_valid_and_aligned(data_dir):
-    metrics = SyntheticPairs(data_dir, num_clips=5, seed=3, progress=False).evaluate(data_dir)
+    data = SyntheticPairs(data_dir, num_clips=5, seed=3, progress=False)
+    metrics = evaluate(data, data_dir)
     assert metrics["num_clips"] == 5
     assert metrics["audio_valid"] == metrics["video_valid"] == 1.0
     assert metrics["semantic_and_temporal"] == 1.0

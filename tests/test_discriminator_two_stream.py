@@ -19,10 +19,8 @@ TARGET = "mmdisco.discriminator.two_stream.TwoStreamDiscriminator"
 CONFIGS = sorted(
     p.stem for p in CONFIG_DIR.glob("*.yaml") if OmegaConf.load(p).get("_target_") == TARGET
 )
-TINY = dict(
-    channels=8, channel_mult=(1, 2), blocks_per_level=1, time_dim=16, norm_groups=4,
-    fusion_dim=16, fusion_out_dim=8, fusion_heads=2, fusion_head_dim=8, fusion_layers=2,
-)  # fmt: skip
+TINY = dict(channels=8, channel_mult=(1, 2), blocks_per_level=1, time_dim=16, norm_groups=4)
+TINY_FUSION = dict(dim=16, out_dim=8, heads=2, head_dim=8, layers=2)
 
 # exact counts of our modules; paper: 12.7M (IND, Table 8) and 132M (OOD, Table 6)
 PARAMS = {
@@ -46,9 +44,16 @@ def config_kwargs(name: str) -> dict:
     return kwargs
 
 
-def tiny(name: str, **overrides) -> TwoStreamDiscriminator:
+def shrunk(name: str, fusion: dict | None = None, **overrides) -> dict:
+    """A config's keyword arguments with TINY widths, its fusion head shrunk and updated."""
+    kwargs = {**config_kwargs(name), **TINY, **overrides}
+    kwargs["fusion"] = {**kwargs["fusion"], **TINY_FUSION, **(fusion or {})}
+    return kwargs
+
+
+def tiny(name: str, fusion: dict | None = None, **overrides) -> TwoStreamDiscriminator:
     torch.manual_seed(0)
-    return TwoStreamDiscriminator(**{**config_kwargs(name), **TINY, **overrides})
+    return TwoStreamDiscriminator(**shrunk(name, fusion, **overrides))
 
 
 def perturb(model: TwoStreamDiscriminator, scale: float = 0.1) -> TwoStreamDiscriminator:
@@ -177,7 +182,7 @@ def test_bfloat16_autocast(name):
 )  # fmt: skip
 def test_only_the_linear_head_is_additive(fusion, hidden, additive):
     """With the official one-Linear head, logit = f(v) + g(a): grad_a ignores the video."""
-    model = perturb(tiny("ood_auffusion_vc2", fusion=fusion, mlp_hidden=hidden))
+    model = perturb(tiny("ood_auffusion_vc2", fusion={"kind": fusion, "mlp_hidden": hidden}))
     audio, video, t, cond = inputs(model)
     _, ga, _ = input_grads(model, audio, video, t, cond)
     _, ga_other_video, _ = input_grads(model, audio, video.flip(0), t, cond)
@@ -225,7 +230,7 @@ def test_3d_video_conv_and_frieren_with_longer_video():
 
 
 def test_too_many_tokens_is_an_error():
-    model = tiny("released_auffusion_vc2", fusion_max_tokens=8)
+    model = tiny("released_auffusion_vc2", fusion={"max_tokens": 8})
     audio, video, t, cond = inputs(model)  # 2 + 4 + 6 = 12 tokens
     with pytest.raises(ValueError, match="max_tokens"):
         model(audio, video, t, cond)
@@ -280,11 +285,10 @@ def train_alignment(
         return ((model(audio, video, t) > 0).float() == label).float().mean().item()
 
 
-def small(**overrides) -> TwoStreamDiscriminator:
-    kwargs = {**config_kwargs("ood_auffusion_vc2"), **TINY, "channels": 16, "audio_text_dim": None,
-              "video_text_dim": None, **overrides}  # fmt: skip
+def small(**fusion) -> TwoStreamDiscriminator:
+    no_text = {"channels": 16, "audio_text_dim": None, "video_text_dim": None}
     torch.manual_seed(0)
-    return TwoStreamDiscriminator(**kwargs)
+    return TwoStreamDiscriminator(**shrunk("ood_auffusion_vc2", fusion, **no_text))
 
 
 def test_learns_alignment_with_an_mlp_head():
@@ -292,12 +296,12 @@ def test_learns_alignment_with_an_mlp_head():
 
 
 def test_learns_alignment_with_a_framewise_head():
-    assert train_alignment(small(fusion="framewise", mlp_hidden=(32,)), steps=100) > 0.9
+    assert train_alignment(small(kind="framewise", mlp_hidden=(32,)), steps=100) > 0.9
 
 
 def test_framewise_head_needs_a_hidden_layer():
     with pytest.raises(ValueError, match="mlp_hidden"):
-        small(fusion="framewise", mlp_hidden=())
+        small(kind="framewise", mlp_hidden=())
 
 
 def test_linear_head_cannot_learn_alignment():
@@ -308,7 +312,7 @@ def test_linear_head_cannot_learn_alignment():
 @pytest.mark.slow
 @pytest.mark.parametrize("fusion", ["transformer", "frieren"])
 def test_learns_alignment_with_transformer_heads(fusion):
-    assert train_alignment(small(fusion=fusion), steps=400, lr=1e-3) > 0.9
+    assert train_alignment(small(kind=fusion), steps=400, lr=1e-3) > 0.9
 
 
 def test_1d_audio_folds_spectrogram_frequencies_into_channels():
@@ -316,7 +320,7 @@ def test_1d_audio_folds_spectrogram_frequencies_into_channels():
     torch.manual_seed(0)
     kw = dict(audio_channels=2 * 6, video_channels=3, audio_conv="1d", channels=8,
               channel_mult=(1,), blocks_per_level=1, norm_groups=4, time_dim=16,
-              audio_down=2, fusion="mlp", mlp_hidden=(8,))  # fmt: skip
+              audio_down=2, fusion={"kind": "mlp", "mlp_hidden": (8,)})  # fmt: skip
     disc = TwoStreamDiscriminator(**kw).eval()
     for p in disc.parameters():  # zero-initialised layers would hide a wrong layout
         torch.nn.init.normal_(p, std=0.2)

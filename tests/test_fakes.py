@@ -13,14 +13,15 @@ import pytest
 import torch
 from tiny_pair_bases import synthetic_bases, text_bases
 
-from mmdisco.data.cache import INDEX_FILE, ShardedPairs, batch_conditions, shard_name
-from mmdisco.fakes import presample_fakes, sample_seed, shard_prompts
+from mmdisco.pairs import ShardedPairs, batch_conditions
+from mmdisco.pairs.fakes import presample_fakes, sample_seed, shard_prompts
+from mmdisco.pairs.store import INDEX_FILE, shard_name
 from mmdisco.sampling import JointSampler
 
 TESTS = Path(__file__).resolve().parent
 CAPTIONS = ["red", "green", "blue", "yellow"]
 SAMPLER = {"solver": "ddpm", "num_steps": 3}  # ancestral: fresh noise at every step
-OPTS = dict(num_pairs=10, seed=3, sampler_kwargs=SAMPLER, shard_size=2, batch_size=2)
+OPTS = dict(num_pairs=10, seed=3, shard_size=2, batch_size=2)
 
 CHILD = f"""
 import sys, time
@@ -29,7 +30,8 @@ import torch
 torch.set_num_threads(1)
 from tiny_pair_bases import synthetic_bases
 import mmdisco.sampling
-from mmdisco.fakes import presample_fakes
+from mmdisco.pairs.fakes import presample_fakes
+from mmdisco.sampling import JointSampler
 
 sample = mmdisco.sampling.JointSampler.sample
 def slow_sample(self, *args, **kwargs):  # slow enough to be killed between shards
@@ -37,7 +39,9 @@ def slow_sample(self, *args, **kwargs):  # slow enough to be killed between shar
     return sample(self, *args, **kwargs)
 if sys.argv[2] == "slow":
     mmdisco.sampling.JointSampler.sample = slow_sample
-presample_fakes(synthetic_bases(), {CAPTIONS!r}, cache_dir=sys.argv[1], progress=False, **{OPTS!r})
+bases = synthetic_bases()
+presample_fakes(bases, {CAPTIONS!r}, cache_dir=sys.argv[1], progress=False,
+                sampler=JointSampler(bases, **{SAMPLER!r}), **{OPTS!r})
 """
 
 
@@ -49,8 +53,13 @@ def bases():
 @pytest.fixture(scope="module")
 def reference(bases, tmp_path_factory) -> Path:
     """An uninterrupted single-rank run."""
+    return fakes(bases, tmp_path_factory.mktemp("ref"))
+
+
+def fakes(bases, cache_dir: Path, **opts) -> Path:
+    sampler = JointSampler(bases, **SAMPLER)
     return presample_fakes(
-        bases, CAPTIONS, cache_dir=tmp_path_factory.mktemp("ref"), progress=False, **OPTS
+        bases, CAPTIONS, cache_dir=cache_dir, sampler=sampler, progress=False, **{**OPTS, **opts}
     )
 
 
@@ -86,13 +95,9 @@ def test_kill_9_mid_run_then_restart_is_bit_identical_to_an_uninterrupted_run(tm
 
 def test_two_ranks_write_the_same_pairs_as_one(bases, reference, tmp_path):
     for rank in (1, 0):
-        path = presample_fakes(
-            bases, CAPTIONS, cache_dir=tmp_path, rank=rank, world_size=2, progress=False, **OPTS
-        )
+        path = fakes(bases, tmp_path, rank=rank, world_size=2)
     assert files(path) == files(reference)
-    other_seed = presample_fakes(
-        bases, CAPTIONS, cache_dir=tmp_path, progress=False, **{**OPTS, "seed": 4}
-    )
+    other_seed = fakes(bases, tmp_path, seed=4)
     assert other_seed != path
     a, b = ShardedPairs(path).load_all(), ShardedPairs(other_seed).load_all()
     assert not torch.allclose(a["video"], b["video"])
@@ -103,7 +108,7 @@ def test_pairs_are_independent_samples_with_their_own_seeded_noise(bases, refere
     assert len(pairs) == 10 and set(pairs.captions) <= set(CAPTIONS)
     assert pairs.captions[4:6] == shard_prompts(CAPTIONS, OPTS["seed"], 2, 2)
     assert "audio_cond" not in pairs[0]  # unconditional bases: the prompt is only recorded
-    sampler = JointSampler(bases, None, **SAMPLER)
+    sampler = JointSampler(bases, **SAMPLER)
     gen = torch.Generator().manual_seed(sample_seed(OPTS["seed"], 5))
     alone = sampler.sample(1, generator=[gen])  # pair 5 drawn in a batch of its own
     for m in ("audio", "video"):
@@ -114,7 +119,7 @@ def test_pairs_are_independent_samples_with_their_own_seeded_noise(bases, refere
 def test_text_conditional_bases_sample_with_the_stored_prompt_conditions(tmp_path):
     bases = text_bases(tmp_path)
     captions = ["a dog barks", "rain", "a car"]
-    opts = dict(seed=0, sampler_kwargs={"solver": "ddim", "num_steps": 2}, shard_size=2)
+    opts = dict(seed=0, sampler=JointSampler(bases, solver="ddim", num_steps=2), shard_size=2)
     path = presample_fakes(bases, captions, 3, tmp_path, batch_size=2, progress=False, **opts)
     pairs = ShardedPairs(path)
     assert pairs.index["conditional"] == ["audio", "video"]
@@ -126,7 +131,7 @@ def test_text_conditional_bases_sample_with_the_stored_prompt_conditions(tmp_pat
     # shard 0 again, by hand, from what the cache stores: the same bits
     batch = torch.utils.data.default_collate([pairs[0], pairs[1]])
     gens = [torch.Generator().manual_seed(sample_seed(0, i)) for i in (0, 1)]
-    sampler = JointSampler(bases, None, solver="ddim", num_steps=2)
+    sampler = JointSampler(bases, solver="ddim", num_steps=2)
     again = sampler.sample(2, conds=batch_conditions(bases, batch), generator=gens)
     for m in ("audio", "video"):
         assert torch.equal(again[m], batch[m])

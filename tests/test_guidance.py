@@ -113,8 +113,8 @@ def test_residual_is_minus_sigma_times_logit_gradient():
 def test_zero_scale_and_no_discriminator_equal_independent_sampling_bit_for_bit():
     bases = IndependentBases(audio=ExactMarginalBase("audio"), video=ExactMarginalBase("video"))
     outs = []
-    for disc, scale in [(None, 1.0), (OracleDiscriminator(), 0.0)]:
-        sampler = JointSampler(bases, disc, joint_scales=scale, solver="ddpm", num_steps=20)
+    for model in [bases, JointGuidance(bases, OracleDiscriminator(), joint_scales=0.0)]:
+        sampler = JointSampler(model, solver="ddpm", num_steps=20)
         outs.append(sampler.sample(8, generator=torch.Generator().manual_seed(0)))
     for m in ("audio", "video"):
         assert torch.equal(outs[0][m], outs[1][m])
@@ -122,7 +122,7 @@ def test_zero_scale_and_no_discriminator_equal_independent_sampling_bit_for_bit(
 
 def test_same_seed_same_samples_and_batch_of_two_equals_two_single_runs():
     bases = IndependentBases(audio=ExactMarginalBase("audio"), video=ExactMarginalBase("video"))
-    sampler = JointSampler(bases, OracleDiscriminator(), solver="ddpm", num_steps=20)
+    sampler = JointSampler(JointGuidance(bases, OracleDiscriminator()), solver="ddpm", num_steps=20)
     a = sampler.sample(2, generator=torch.Generator().manual_seed(3))
     b = sampler.sample(2, generator=torch.Generator().manual_seed(3))
     assert all(torch.equal(a[m], b[m]) for m in a)
@@ -140,8 +140,9 @@ def test_guided_sampling_moves_samples_onto_joint_peaks():
     while independent sampling spreads over all 9 combinations of marginal peaks."""
     bases = IndependentBases(audio=ExactMarginalBase("audio"), video=ExactMarginalBase("video"))
     precision = {}
-    for name, disc in [("independent", None), ("guided", OracleDiscriminator())]:
-        sampler = JointSampler(bases, disc, solver="ddpm", num_steps=200, spacing="leading")
+    guided = JointGuidance(bases, OracleDiscriminator())
+    for name, model in [("independent", bases), ("guided", guided)]:
+        sampler = JointSampler(model, solver="ddpm", num_steps=200, spacing="leading")
         out = sampler.sample(400, generator=torch.Generator().manual_seed(0))
         x = torch.cat([out["audio"], out["video"]], 1).double()
         precision[name] = (torch.cdist(x, MEANS).min(1).values < 3 * STD).double().mean().item()

@@ -17,11 +17,13 @@ from torch import nn
 
 from mmdisco import IndependentBases, JointLoss
 from mmdisco.bases.protocol import DiffusionBase
-from mmdisco.data.latents import TensorPairs, collate_pairs
+from mmdisco.config import check_train_config
 from mmdisco.guidance import residual
 from mmdisco.io import load_tensors
+from mmdisco.pairs import collate_pairs
 from mmdisco.schedule import NoiseSchedule
-from mmdisco.training import EMA, StepIndices, check_train_config, train
+from mmdisco.seeds import StepIndices
+from mmdisco.training import EMA, train
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 60
@@ -276,16 +278,10 @@ def test_fp32_residual_under_bf16_autocast():
         assert torch.equal(exact[m], ref[m]) and not torch.equal(low[m].float(), ref[m])
 
 
-def test_tensor_pairs_and_collate():
-    pairs = TensorPairs({"audio": torch.arange(6.0)[:, None], "video": torch.zeros(6, 2, 3)})
-    assert len(pairs) == 6 and pairs[2]["audio"].item() == 2.0
-    batch = collate_pairs(pairs.__getitems__([4, 1]))
-    assert batch["audio"][:, 0].tolist() == [4.0, 1.0] and batch["video"].shape == (2, 2, 3)
+def test_collate_pairs():
     listed = collate_pairs(
         [{"audio": torch.ones(1), "caption": "a"}, {"audio": torch.zeros(1), "caption": "b"}]
     )
     assert listed["caption"] == ["a", "b"] and listed["audio"].shape == (2, 1)
-    with pytest.raises(ValueError, match="share their first dimension"):
-        TensorPairs({"audio": torch.zeros(3, 1), "video": torch.zeros(4, 1)})
     with pytest.raises(ValueError, match="different keys"):
         collate_pairs([{"audio": torch.ones(1)}, {"audio": torch.ones(1), "caption": "x"}])

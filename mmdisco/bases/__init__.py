@@ -1,10 +1,19 @@
 """Base models behind one protocol: single-modality wrappers and the joint view."""
 
 from mmdisco.bases.protocol import (
+    MODALITIES,
     Condition,
     DiffusionBase,
     IndependentBases,
+    JointBase,
     JointNoiseModel,
 )
 
-__all__ = ["Condition", "DiffusionBase", "IndependentBases", "JointNoiseModel"]
+__all__ = [
+    "MODALITIES",
+    "Condition",
+    "DiffusionBase",
+    "IndependentBases",
+    "JointBase",
+    "JointNoiseModel",
+]

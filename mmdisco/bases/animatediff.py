@@ -56,6 +56,9 @@ HINT = (
 class AnimateDiffBase(ldm.FrameLatentShape, DiffusionBase):
     """AnimateDiff text-to-video: uint8 frames (B, F, H, W, 3) <-> latents (B, 4, F, h, w)."""
 
+    text_conditional = True
+    decodes_to_media = True
+
     def __init__(
         self,
         unet: UNet2DConditionModel,

@@ -46,13 +46,13 @@ from transformers import AutoTokenizer, ClapTextModelWithProjection, SpeechT5Hif
 from mmdisco.bases import ldm
 from mmdisco.bases.ldm import (
     component_files,
-    resolve_pretrained,
     schedule_from_scheduler_config,
     vae_decode,
     vae_encode,
 )
 from mmdisco.bases.mel import MelConfig, MelExtractor, as_waveform
 from mmdisco.bases.protocol import Condition, DiffusionBase
+from mmdisco.pretrained import resolve_pretrained
 
 HUB_ID = "cvssp/audioldm-m-full"
 HINT = (
@@ -80,6 +80,9 @@ class AudioLDMBase(ldm.MelLatentShape, DiffusionBase):
     ``duration`` (seconds) fixes N = duration * 16000 and T = 100 * duration (rounded up to a
     multiple of 4; the waveform is zero-padded to it before encoding and cut after decoding).
     """
+
+    text_conditional = True
+    decodes_to_media = True
 
     def __init__(
         self,

@@ -75,7 +75,6 @@ from mmdisco.bases import ldm
 from mmdisco.bases.hifigan import HifiGanGenerator
 from mmdisco.bases.ldm import (
     component_files,
-    resolve_pretrained,
     schedule_from_scheduler_config,
     vae_decode,
     vae_encode,
@@ -89,6 +88,8 @@ from mmdisco.bases.mel import (
 )
 from mmdisco.bases.protocol import Condition, DiffusionBase
 from mmdisco.io import atomic_write_bytes, atomic_write_json
+from mmdisco.pretrained import HUB_ID as HUB_ID_PATTERN
+from mmdisco.pretrained import resolve_pretrained
 from mmdisco.schedule import expand_as
 
 HUB_ID = "auffusion/auffusion-full"
@@ -171,6 +172,9 @@ class AuffusionBase(ldm.MelLatentShape, DiffusionBase):
     padding) is the mel length the VAE encoder and the UNet see, as in the official MMDisCo.
     """
 
+    text_conditional = True
+    decodes_to_media = True
+
     def __init__(
         self,
         unet: UNet2DConditionModel,
@@ -237,7 +241,7 @@ class AuffusionBase(ldm.MelLatentShape, DiffusionBase):
         posterior: str = "sample",
     ) -> AuffusionBase:
         """A hub id or a local directory in Auffusion's layout; frozen, eval mode, float32."""
-        if not Path(pretrained).exists() and ldm.HUB_ID.match(str(pretrained)):
+        if not Path(pretrained).exists() and HUB_ID_PATTERN.match(str(pretrained)):
             try:
                 _download_extras(str(pretrained))
             except Exception:  # resolve_pretrained below reports what is missing

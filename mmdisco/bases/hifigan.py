@@ -43,7 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmdisco.io import atomic_write_bytes, atomic_write_json, check_pretrained_dir
+from mmdisco.io import atomic_write_bytes, atomic_write_json
+from mmdisco.pretrained import resolve_pretrained
 
 LRELU_SLOPE = 0.1
 CONFIG_NAME = "config.json"
@@ -159,7 +160,7 @@ class HifiGanGenerator(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path) -> HifiGanGenerator:
         """``<path>/config.json`` + ``<path>/vocoder.pt`` (Auffusion's ``vocoder`` folder)."""
-        path = check_pretrained_dir(
+        path = resolve_pretrained(
             path,
             (CONFIG_NAME, WEIGHTS_NAME),
             "Auffusion's vocoder folder (hub: auffusion/auffusion-full, subfolder vocoder).",

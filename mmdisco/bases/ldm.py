@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmdisco.bases.protocol import Condition
+from mmdisco.pretrained import resolve_pretrained
 from mmdisco.schedule import NoiseSchedule
 
 # Weight file names, any one of which makes a component loadable (diffusers, transformers).
@@ -43,8 +42,6 @@ WEIGHT_FILES = (
     "diffusion_pytorch_model.safetensors.index.json",
     "model.safetensors.index.json",
 )
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- schedules -------------------------------------------------------------------------------
@@ -102,70 +99,6 @@ def component_files(subfolder: str | None, kind: str = "model") -> list[str | tu
     if kind == "tokenizer":
         return [(f"{prefix}tokenizer.json", f"{prefix}vocab.json")]
     raise ValueError(f"unknown component kind {kind!r}")
-
-
-def _describe(req: str | tuple[str, ...]) -> str:
-    return req if isinstance(req, str) else " or ".join(req[:2])
-
-
-def _missing(path: Path, required: Iterable[str | tuple[str, ...]]) -> list[str]:
-    out = []
-    for req in required:
-        options = (req,) if isinstance(req, str) else req
-        if not any((path / f).exists() for f in options):
-            out.append(_describe(req))
-    return out
-
-
-def _download(repo_id: str, required: list[str | tuple[str, ...]]) -> Path:
-    """Fetch only the needed files of a hub repo (no fp16 / .ckpt duplicates); honours
-    HF_HUB_OFFLINE (then only the local cache is used)."""
-    from huggingface_hub import snapshot_download
-
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
-    folders = {Path(_describe(r).split(" or ")[0]).parent.as_posix() for r in required}
-    allow = []
-    for folder in folders:
-        prefix = "" if folder == "." else f"{folder}/"
-        allow += [f"{prefix}*.json", f"{prefix}*.txt", f"{prefix}*.safetensors"]
-    ignore = ["*.fp16.*", "*non_ema*", "*.ckpt"]
-    root = Path(
-        snapshot_download(
-            repo_id, allow_patterns=allow, ignore_patterns=ignore, local_files_only=offline
-        )
-    )
-    if _missing(root, required) and not offline:  # some repos only ship .bin weights
-        allow = [p.replace("*.safetensors", "*.bin") for p in allow if p.endswith("safetensors")]
-        root = Path(snapshot_download(repo_id, allow_patterns=allow, ignore_patterns=ignore))
-    return root
-
-
-def resolve_pretrained(
-    source: str | Path, required: Iterable[str | tuple[str, ...]], hint: str
-) -> Path:
-    """A local directory (relative paths are also tried from the repo root) or a hub id,
-    returned as a local directory holding every ``required`` file, else one
-    FileNotFoundError listing the expected files and ``hint`` (where to get them)."""
-    required = list(required)
-    path = Path(source)
-    if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
-        path = REPO_ROOT / path
-    expected = ", ".join(_describe(r) for r in required)
-    if not path.exists() and HUB_ID.match(str(source)):
-        try:
-            path = _download(str(source), required)
-        except Exception as err:  # offline without a cache, unknown repo, no network
-            raise FileNotFoundError(
-                f"could not get {source!r} from the Hugging Face hub or its local cache "
-                f"({type(err).__name__}). Expected files: {expected}. {hint}"
-            ) from err
-    missing = _missing(path, required)
-    if not path.is_dir() or missing:
-        what = "does not exist" if not path.is_dir() else f"lacks {', '.join(missing)}"
-        raise FileNotFoundError(
-            f"pretrained directory {path} {what}. Expected files: {expected}. {hint}"
-        )
-    return path
 
 
 def load_components(

@@ -192,6 +192,11 @@ class MMDiffusionBase(nn.Module):
     def __getitem__(self, name: str):
         return self.views[name]
 
+    @property
+    def time_axes(self) -> dict[str, int]:
+        """Sample space: audio (B, 1, N) samples and video (B, C, F, H, W) frames on axis 2."""
+        return {"audio": 2, "video": 2}
+
     def sample_shapes(self, batch_size: int) -> dict[str, tuple[int, ...]]:
         (f, c, h, w), audio = self.unet.config.video_size, self.unet.config.audio_size
         return {"audio": (batch_size, *audio), "video": (batch_size, c, f, h, w)}

@@ -41,7 +41,7 @@ from torch import Tensor
 
 from mmdisco.bases.protocol import DiffusionBase
 from mmdisco.data.synthetic import FPS
-from mmdisco.io import check_pretrained_dir
+from mmdisco.pretrained import resolve_pretrained
 from mmdisco.schedule import NoiseSchedule, expand_as
 
 REQUIRED_FILES = (
@@ -51,7 +51,6 @@ REQUIRED_FILES = (
     "codec/codec_config.json",
 )
 TRAIN_HINT = "Make it with `python scripts/train_base.py` (about 15 CPU-minutes for both bases)."
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- the network ---------------------------------------------------------------------------
@@ -266,17 +265,10 @@ def ddpm_scheduler(
     )
 
 
-def resolve_pretrained(path: str | Path) -> Path:
-    """A relative path that does not exist from the working directory is tried from the repo
-    root, so ``pretrained: assets/synthetic/audio`` works from anywhere."""
-    path = Path(path)
-    if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
-        return REPO_ROOT / path
-    return path
-
-
 class SyntheticBase(DiffusionBase):
     """A data-space-like base with a codec: ``denoiser`` (PackedUNet), DDPM schedule, codec."""
+
+    decodes_to_media = True
 
     codec_class: type[LogSpectrogramCodec] | type[FrameCodec]
 
@@ -302,7 +294,7 @@ class SyntheticBase(DiffusionBase):
 
     @classmethod
     def from_pretrained(cls, pretrained: str | Path):
-        path = check_pretrained_dir(resolve_pretrained(pretrained), REQUIRED_FILES, TRAIN_HINT)
+        path = resolve_pretrained(pretrained, REQUIRED_FILES, TRAIN_HINT)
         denoiser = PackedUNet.from_pretrained(path / "denoiser").float()
         scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
         codec = cls.codec_class.from_config(cls.codec_class.load_config(path / "codec"))

@@ -6,8 +6,6 @@ Saved like a diffusers pipeline: ``denoiser/`` (config + safetensors) and ``sche
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,8 +18,10 @@ from torch import Tensor
 from mmdisco.bases.protocol import DiffusionBase, IndependentBases
 from mmdisco.bases.training import train_denoiser
 from mmdisco.data.toy import GaussianMixture
-from mmdisco.io import atomic_write_json, check_pretrained_dir
+from mmdisco.hashing import config_hash
+from mmdisco.io import atomic_write_json
 from mmdisco.nn import AdaptiveMLP
+from mmdisco.pretrained import resolve_pretrained
 from mmdisco.schedule import NoiseSchedule
 
 REQUIRED_FILES = (
@@ -58,7 +58,7 @@ class ToyBase(DiffusionBase):
     @classmethod
     def from_pretrained(cls, path: str | Path) -> ToyBase:
         hint = "Train one with `python scripts/train.py base=toy ...` (it caches the base)."
-        path = check_pretrained_dir(path, REQUIRED_FILES, hint)
+        path = resolve_pretrained(path, REQUIRED_FILES, hint)
         denoiser = ToyDenoiser.from_pretrained(path / "denoiser")
         scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
         return cls(denoiser, scheduler).eval().requires_grad_(False)
@@ -122,10 +122,7 @@ def toy_bases(
     ``cache_dir/toy-<hash of its config>``.
     """
     if pretrained is None:
-        key = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=list).encode()).hexdigest()[
-            :12
-        ]
-        pretrained = Path(cache_dir) / f"toy-{key}"
+        pretrained = Path(cache_dir) / f"toy-{config_hash(cfg, digits=12)}"
         if not pretrained.exists():
             base = train_toy_base(**cfg, progress=progress)
             base.save_pretrained(pretrained)

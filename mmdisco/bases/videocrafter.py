@@ -253,6 +253,9 @@ class VideoCrafter2Base(ldm.FrameLatentShape, DiffusionBase):
     ``encode_prompt`` gives OpenCLIP-H embeddings (B, 77, 1024) with guidance ``guidance_scale``.
     """
 
+    text_conditional = True
+    decodes_to_media = True
+
     def __init__(
         self,
         unet: VideoCrafter2UNet,

@@ -5,7 +5,7 @@ columns), its caption (a free caption or a class label; or one ``default_caption
 and optionally a start time in the file. A clip is decoded with PyAV (``mmdisco.media``):
 video resampled to ``fps``, short side resized to ``size`` and centre-cropped; audio mixed to
 mono and resampled to ``sample_rate``; both cut to [start, start + duration).
-:meth:`PairedVideoFolder.for_bases` takes fps, size and sample rate from the base models.
+:meth:`PairedVideoFolder.for_media_format` takes fps, size and sample rate from the bases.
 
 Bad clips are never fatal. ``__getitem__`` returns a :class:`Skipped` record instead of a
 sample when the file is missing, corrupt or unreadable, shorter than the window, or silent
@@ -24,6 +24,7 @@ import hashlib
 import logging
 import os
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -63,7 +64,7 @@ class PairedVideoFolder(Dataset):
         csv: the CSV file (absolute, relative to the working directory, or relative to root).
         duration: seconds per clip window.
         fps, size, sample_rate: output frame rate, frame size (int or (H, W)) and audio rate;
-            None until :meth:`for_bases` fills them from the base models.
+            None until :meth:`for_media_format` fills them from the bases.
         path_column / path_format: the column holding the clip path, or a ``str.format``
             template over the row (e.g. ``"{ytid}_{start:0>6}.mp4"``) when no column does.
         caption_column: the caption (or label) column; None uses ``default_caption``.
@@ -205,25 +206,22 @@ class PairedVideoFolder(Dataset):
         if value is None:
             raise ValueError(
                 f"data.{attr} is not set: set it in the data config or call "
-                "data.for_bases(bases) to take it from the base models"
+                "data.for_media_format(bases.media_format()) to take it from the bases"
             )
         return value
 
-    def for_bases(self, bases) -> PairedVideoFolder:
-        """Fill fps / size / sample_rate from ``bases["video"]`` (``fps``, ``height``,
-        ``width``) and ``bases["audio"]`` (``sample_rate``) where the config left them None,
-        and check the window against the bases' clip lengths (``num_frames`` /
-        ``num_samples``) when they have them. Returns self."""
-        video, audio = bases["video"], bases["audio"]
-        self.fps = _agree("fps", self.fps, _float_or_none(getattr(video, "fps", None)))
-        hw = (getattr(video, "height", None), getattr(video, "width", None))
+    def for_media_format(self, fmt: Mapping[str, Any]) -> PairedVideoFolder:
+        """Fill fps / size / sample_rate from the bases' declared media format (``JointBase.
+        media_format()``: ``fps``, ``height``, ``width``, ``sample_rate``) where the config left
+        them None, and check the window against the bases' clip lengths (``num_frames`` /
+        ``num_samples``) when they fix them. Returns self."""
+        self.fps = _agree("fps", self.fps, _float_or_none(fmt.get("fps")))
+        hw = (fmt.get("height"), fmt.get("width"))
         self.size = _agree("size", self.size, None if None in hw else tuple(map(int, hw)))
-        self.sample_rate = _agree(
-            "sample_rate", self.sample_rate, getattr(audio, "sample_rate", None)
-        )
+        self.sample_rate = _agree("sample_rate", self.sample_rate, fmt.get("sample_rate"))
         for what, mine, base in (
-            ("frames", self.num_frames, getattr(video, "num_frames", None)),
-            ("audio samples", self.num_samples, getattr(audio, "num_samples", None)),
+            ("frames", self.num_frames, fmt.get("num_frames")),
+            ("audio samples", self.num_samples, fmt.get("num_samples")),
         ):
             if base is not None and int(base) != mine:
                 raise ValueError(

@@ -14,8 +14,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import Tensor
 from tqdm.auto import tqdm
 
 from mmdisco.data.folder import PairedVideoFolder
@@ -148,10 +146,10 @@ class SyntheticPairs:
     def __getitem__(self, index: int):
         return self.folder()[index]
 
-    def for_bases(self, bases) -> PairedVideoFolder:
-        """The synthetic bases carry no fps / size attributes: the world's are used, and
-        checked against any the bases do have."""
-        return self.folder().for_bases(bases)
+    def for_media_format(self, fmt) -> PairedVideoFolder:
+        """The synthetic bases fix no size: the world's are used, and checked against any
+        the bases do fix."""
+        return self.folder().for_media_format(fmt)
 
     def cache_key(self) -> dict:
         return {**self.folder().cache_key(), "seed": self.seed}
@@ -168,32 +166,3 @@ class SyntheticPairs:
 
     def report(self) -> dict:
         return self.folder().report()
-
-    # -- what training and evaluation ask for ------------------------------------------
-    def real_pairs(self, bases) -> dict[str, Tensor]:
-        """{"audio": (N, ...), "video": (N, ...)} latents of the real pairs, encoded by the bases'
-        codecs (``bases["audio"].encode`` / ``bases["video"].encode``), on the CPU."""
-        frames, audio, _ = self.load_media()
-        out = {}
-        for modality, media in (("audio", audio), ("video", frames)):
-            encode = bases[modality].encode
-            chunks = [
-                encode(media[i : i + self.batch_size]).cpu()
-                for i in range(0, len(media), self.batch_size)
-            ]
-            out[modality] = torch.cat(chunks)
-        return out
-
-    def evaluate(self, path: str | os.PathLike, av_align: bool = False) -> dict:
-        """Validity, decoded classes / onsets and their agreement over a folder of mp4s
-        (``mmdisco.metrics.synthetic.evaluate_folder``)."""
-        from mmdisco.metrics.synthetic import evaluate_folder
-
-        return evaluate_folder(path, av_align=av_align, progress=self.progress)
-
-    @staticmethod
-    def format_table(results: dict[str, dict]) -> str:
-        """One column per evaluated folder (e.g. unguided, guided)."""
-        from mmdisco.metrics.synthetic import format_table
-
-        return format_table(results)

@@ -68,8 +68,9 @@ class GaussianMixture:
 class ToyPairs:
     """The paired target of the toy: peaks at (a, v) with std ``std`` (paper: 500 pairs).
 
-    ``real_pairs()`` is what the discriminator is trained on; ``evaluate`` scores generated
-    pairs against the exact target density.
+    A pair source like the media data sets (``mmdisco.data.source.PairSource``): sample i is
+    ``{"audio": (1,), "video": (1,), ...}`` in data space, which the toy bases' identity codec
+    stores as is; the metrics score generated pairs against ``target``'s exact density.
     """
 
     def __init__(
@@ -85,24 +86,39 @@ class ToyPairs:
             raise ValueError(f"data.num_samples must be >= 1, got {num_samples}")
         self.target = GaussianMixture(peaks, std)
         self.num_samples, self.seed, self.name = num_samples, seed, name
+        self._points: Tensor | None = None
 
-    def real_pairs(self, bases=None) -> dict[str, Tensor]:
-        """The paired training set; toy pairs live in data space, so ``bases`` is unused."""
-        x = self.target.sample(self.num_samples, torch.Generator().manual_seed(self.seed))
-        return {"audio": x[:, :1], "video": x[:, 1:]}
+    def points(self) -> Tensor:
+        """The paired training set, (num_samples, 2) float32: column 0 audio, 1 video."""
+        if self._points is None:
+            gen = torch.Generator().manual_seed(self.seed)
+            self._points = self.target.sample(self.num_samples, gen)
+        return self._points
 
-    def evaluate(self, path) -> dict[str, float]:
-        """Metrics of the pairs in a ``samples.npz`` written by scripts/sample.py."""
-        import numpy as np
+    # -- the pair source ---------------------------------------------------------------------
+    captions: list[str] = []  # unconditional: no prompts
 
-        from mmdisco.metrics.toy import toy_metrics
+    def __len__(self) -> int:
+        return self.num_samples
 
-        with np.load(path) as f:
-            x = np.concatenate(
-                [f["audio"].reshape(len(f["audio"]), -1), f["video"].reshape(len(f["video"]), -1)],
-                1,
-            )
-        return toy_metrics(torch.from_numpy(x), self.target)
+    def __getitem__(self, index: int) -> dict:
+        x = self.points()[index]
+        return {"audio": x[:1], "video": x[1:], "caption": "", "path": "", "index": index}
+
+    def for_media_format(self, fmt) -> ToyPairs:
+        return self  # data-space samples: no clip format to agree on
+
+    def cache_key(self) -> dict:
+        means = self.target.means.tolist()
+        return {"kind": "toy", "peaks": means, "std": self.target.std, "seed": self.seed,
+                "num_samples": self.num_samples}  # fmt: skip
+
+    def note_skipped(self, records) -> None:
+        if records:
+            raise RuntimeError(f"toy samples cannot be skipped, got {records}")
+
+    def report(self) -> dict:
+        return {"clips": self.num_samples, "skipped": 0}
 
 
 def _as_points(peaks) -> Tensor:

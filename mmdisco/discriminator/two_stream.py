@@ -10,6 +10,7 @@ fusion head turns them into one logit.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,44 @@ VIDEO_CONVS = ("2d+1d", "3d")
 AUDIO_CONVS = ("1d", "2d")
 FUSIONS = ("mlp", "transformer", "frieren", "framewise", "framewise_pooled")
 SINUSOIDS = ("adm", "diffusers")
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """The fusion head over the pooled streams (``TwoStreamDiscriminator(fusion=...)``; a
+    config gives it as a mapping, ``fusion: {kind: transformer, layers: 4, ...}``, or just the
+    kind as a string).
+
+    ``kind``: "mlp" (the paper's default, one Linear when ``mlp_hidden`` is empty),
+    "framewise", "transformer" or "frieren"; ``mlp_hidden`` is read by "mlp" / "framewise",
+    the rest (token width ``dim``, ``out_dim`` of the class-token projection, ``layers``,
+    ``heads`` x ``head_dim``, ``max_tokens`` learned positions) by the transformer heads.
+    """
+
+    kind: str = "mlp"
+    mlp_hidden: tuple[int, ...] = ()
+    dim: int = 256
+    out_dim: int = 256
+    layers: int = 4
+    heads: int = 8
+    head_dim: int = 64
+    max_tokens: int = 128
+
+    @classmethod
+    def of(cls, value: str | Mapping | Fusion) -> Fusion:
+        if isinstance(value, Fusion):
+            return value
+        if isinstance(value, str):
+            value = {"kind": value}
+        unknown = set(value) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(
+                f"unknown fusion settings {sorted(unknown)}: use {[f.name for f in fields(cls)]}"
+            )
+        fusion = cls(**{**value, "mlp_hidden": tuple(value.get("mlp_hidden", ()))})
+        if fusion.kind not in FUSIONS:
+            raise ValueError(f"fusion kind {fusion.kind!r} is not one of {FUSIONS}")
+        return fusion
 
 
 class GroupNorm32(nn.GroupNorm):
@@ -144,8 +183,16 @@ class Stream(nn.Module):
             dilation = 2 ** ((len(self.blocks) + 1) % max_dilation)
             skip = nn.Identity() if ch == out else conv(ch, out, 1, 1)
             self.blocks.append(
-                ResBlock(conv(ch, out, 3, dilation), conv(out, out, 1, 1), skip, ch, out,
-                         emb_dim, pool, norm_groups)  # fmt: skip
+                ResBlock(
+                    conv(ch, out, 3, dilation),
+                    conv(out, out, 1, 1),
+                    skip,
+                    ch,
+                    out,
+                    emb_dim,
+                    pool,
+                    norm_groups,
+                )  # fmt: skip
             )
 
         for level, mult in enumerate(channel_mult):
@@ -202,7 +249,7 @@ class TransformerBlock(nn.Module):
 
 
 class MeanConcatHead(nn.Module):
-    """"MLP" fusion (the paper's default): mean over time, concatenate [video, audio], MLP.
+    """ "MLP" fusion (the paper's default): mean over time, concatenate [video, audio], MLP.
 
     With ``hidden=()`` the MLP is the single output Linear, as in the official code, the
     released models and the paper's parameter counts (Tables 6, 8, 9). That head is additive,
@@ -223,7 +270,7 @@ class MeanConcatHead(nn.Module):
 
 
 class FramewiseHead(nn.Module):
-    """"framewise" fusion (ours, not in the paper): the audio tokens are average-pooled (linearly
+    """ "framewise" fusion (ours, not in the paper): the audio tokens are average-pooled (linearly
     interpolated) to the video's frame count, each frame's [video, audio] features go through
     one MLP to a score, and the logit is the mean score over frames.
 
@@ -235,8 +282,10 @@ class FramewiseHead(nn.Module):
     def __init__(self, feat_dim: int, hidden: Sequence[int] = (64,), pooled: bool = False):
         super().__init__()
         if not hidden:
-            raise ValueError("framewise fusion needs mlp_hidden, e.g. [64]: without a hidden "
-                             "layer the score is additive and cannot couple the modalities")
+            raise ValueError(
+                "framewise fusion needs mlp_hidden, e.g. [64]: without a hidden "
+                "layer the score is additive and cannot couple the modalities"
+            )
         widths = [2 * feat_dim, *hidden]
         self.mlp = nn.Sequential(
             *(m for a, b in zip(widths[:-1], widths[1:]) for m in (nn.Linear(a, b), nn.SiLU()))
@@ -335,9 +384,9 @@ class TwoStreamDiscriminator(nn.Module):
              and ADDED to that stream's timestep embedding. The unconditional branch (10% prompt
              dropout in training, classifier-free guidance at sampling) is the base's
              empty-prompt embedding passed the same way, as in the official code.
-    Output: (B,) float32 logits. Features are pooled per stream to (B, T, C) and fused by
-    ``fusion`` ("mlp" | "transformer" | "frieren" | "framewise"); the order inside the head is
-    [video, audio].
+    Output: (B,) float32 logits. Features are pooled per stream to (B, T, C) and fused by the
+    head ``fusion`` describes (:class:`Fusion`: kind "mlp" | "transformer" | "frieren" |
+    "framewise" and its sizes); the order inside the head is [video, audio].
     The default "mlp" head with ``mlp_hidden=()`` is the paper's (one Linear, additive: see
     ``MeanConcatHead``); give ``mlp_hidden`` or a transformer head for cross-modal terms.
 
@@ -363,21 +412,13 @@ class TwoStreamDiscriminator(nn.Module):
         time_dim: int = 128,
         audio_text_dim: int | None = None,
         video_text_dim: int | None = None,
-        fusion: str = "mlp",
-        mlp_hidden: Sequence[int] = (),
-        fusion_dim: int = 256,
-        fusion_out_dim: int = 256,
-        fusion_layers: int = 4,
-        fusion_heads: int = 8,
-        fusion_head_dim: int = 64,
-        fusion_max_tokens: int = 128,
+        fusion: str | Mapping | Fusion = "mlp",
         norm_groups: int = 32,
         sinusoid: str = "adm",
         logit_eps: float = 0.0,
     ):
         super().__init__()
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion {fusion!r} is not one of {FUSIONS}")
+        fusion = Fusion.of(fusion)
         if sinusoid not in SINUSOIDS:
             raise ValueError(f"sinusoid {sinusoid!r} is not one of {SINUSOIDS}")
         if video_conv not in VIDEO_CONVS or audio_conv not in AUDIO_CONVS:
@@ -413,14 +454,15 @@ class TwoStreamDiscriminator(nn.Module):
             **common,
         )
         feat_dim = self.video_stream.out_channels
-        if fusion == "mlp":
-            self.head = MeanConcatHead(feat_dim, mlp_hidden)
-        elif fusion in ("framewise", "framewise_pooled"):
-            self.head = FramewiseHead(feat_dim, mlp_hidden, pooled=fusion == "framewise_pooled")
+        if fusion.kind == "mlp":
+            self.head = MeanConcatHead(feat_dim, fusion.mlp_hidden)
+        elif fusion.kind in ("framewise", "framewise_pooled"):
+            pooled = fusion.kind == "framewise_pooled"
+            self.head = FramewiseHead(feat_dim, fusion.mlp_hidden, pooled=pooled)
         else:
             self.head = TransformerHead(
-                fusion, feat_dim, time_dim, fusion_dim, fusion_out_dim, fusion_layers,
-                fusion_heads, fusion_head_dim, fusion_max_tokens,
+                fusion.kind, feat_dim, time_dim, fusion.dim, fusion.out_dim, fusion.layers,
+                fusion.heads, fusion.head_dim, fusion.max_tokens,
             )  # fmt: skip
 
     def time_features(self, t: Tensor) -> Tensor:
@@ -464,4 +506,3 @@ class TwoStreamDiscriminator(nn.Module):
     def extra_repr(self) -> str:
         n = sum(p.numel() for p in self.parameters())
         return f"params={n / 1e6:.2f}M, sinusoid={self.sinusoid}, logit_eps={self.logit_eps}"
-

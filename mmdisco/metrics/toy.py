@@ -12,6 +12,9 @@
 
 from __future__ import annotations
 
+import os
+
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -36,3 +39,11 @@ def toy_metrics(x: Tensor, target: GaussianMixture, kernel_std: float = 0.4) -> 
         "num_peaks": int(target.means.shape[0]),
         "num_samples": int(x.shape[0]),
     }
+
+
+def evaluate_npz(path: str | os.PathLike, target: GaussianMixture) -> dict[str, float]:
+    """:func:`toy_metrics` of the pairs in a ``samples.npz`` written by scripts/sample.py."""
+    with np.load(path) as f:
+        a, v = f["audio"], f["video"]
+        x = np.concatenate([a.reshape(len(a), -1), v.reshape(len(v), -1)], 1)
+    return toy_metrics(torch.from_numpy(x), target)

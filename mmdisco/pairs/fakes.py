@@ -1,5 +1,5 @@
 """Fake pairs pre-sampled once from the independent base models (paper Sec. 3.3: 1K pairs
-in-domain, 10K out-of-domain), stored like the real-latent cache and read by ShardedPairs.
+in-domain, 10K out-of-domain), in the pair store (``mmdisco.pairs.store``) like the real pairs.
 
 Each pair is drawn by :class:`~mmdisco.sampling.JointSampler` without a discriminator (the
 modalities independent), with a prompt drawn from the data set's captions; text-conditional
@@ -24,15 +24,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mmdisco.data.cache import (
-    CACHE_VERSION,
-    MODALITIES,
-    bases_key,
-    batch_conditions,
-    build_shards,
-    config_hash,
-    prompt_tables,
-)
+from mmdisco.hashing import config_hash
+from mmdisco.pairs.prompts import batch_conditions, prompt_tables
+from mmdisco.pairs.real import bases_key
+from mmdisco.pairs.store import CACHE_VERSION, build_shards
 from mmdisco.sampling import JointSampler
 
 PROMPT_STREAM, NOISE_STREAM = 0, 1  # SeedSequence spawn keys: prompts and noise never overlap
@@ -54,8 +49,10 @@ def shard_prompts(captions: list[str], seed: int, shard: int, n: int) -> list[st
 
 
 def fakes_key(
-    bases, captions, num_pairs, seed, sampler_kwargs, shard_size, batch_size, base_config
+    bases, captions, num_pairs, seed, sampler, shard_size, batch_size, base_config
 ) -> dict:
+    """What the fakes depend on: the bases, the prompts, the seed, the solver settings and
+    the batching -- not the guidance (fakes are sampled without D)."""
     return {
         "kind": "fakes",
         "version": CACHE_VERSION,
@@ -63,7 +60,7 @@ def fakes_key(
         "captions_sha256": hashlib.sha256("\n".join(captions).encode()).hexdigest(),
         "num_pairs": num_pairs,
         "seed": seed,
-        "sampler": dict(sampler_kwargs),
+        "sampler": sampler.solver_settings,
         "shard_size": shard_size,
         "batch_size": batch_size,  # the networks' float results may depend on the batch
     }
@@ -75,7 +72,7 @@ def presample_fakes(
     num_pairs: int,
     cache_dir: str | os.PathLike,
     seed: int = 0,
-    sampler_kwargs: dict[str, Any] | None = None,
+    sampler: JointSampler | None = None,
     shard_size: int = 250,
     batch_size: int = 50,
     base_config: Any = None,
@@ -87,13 +84,13 @@ def presample_fakes(
 ) -> Path:
     """Sample ``num_pairs`` independent pairs into ``<cache_dir>/fakes-<hash>``; return it.
 
-    ``bases``: a joint noise model with ``bases["audio"]`` / ``bases["video"]`` (e.g.
-    ``IndependentBases``); ``captions``: the prompts to draw from (e.g. ``data.captions``;
-    None or [] samples with the empty prompt); ``sampler_kwargs``: JointSampler arguments
-    (``mmdisco.runs.sampler_kwargs(cfg.sampler)``); ``base_config``: the resolved base config
-    for the hash (None: the weights' fingerprint). Read the result with
-    :class:`~mmdisco.data.cache.ShardedPairs`: latents, the prompt of each pair as its
-    caption, and the conds / pooled vectors it was sampled with.
+    ``bases``: a :class:`~mmdisco.bases.protocol.JointBase` (e.g. ``IndependentBases``);
+    ``captions``: the prompts to draw from (e.g. ``data.captions``; None or [] samples with the
+    empty prompt); ``sampler``: a :class:`JointSampler` over the bare ``bases`` with one joint step
+    (default: ``JointSampler(bases)``); ``base_config``: the resolved base config for the hash
+    (None: the weights' fingerprint). Read the result with
+    :class:`~mmdisco.pairs.store.ShardedPairs`: latents, the prompt of each pair as its caption, and
+    the conds / pooled vectors it was sampled with.
     """
     if num_pairs < 1 or shard_size < 1 or batch_size < 1:
         raise ValueError(
@@ -101,12 +98,14 @@ def presample_fakes(
             f"{num_pairs}, {shard_size}, {batch_size}"
         )
     captions = [str(c) for c in (captions or [])]
-    sampler_kwargs = dict(sampler_kwargs or {})
-    key = fakes_key(
-        bases, captions, num_pairs, seed, sampler_kwargs, shard_size, batch_size, base_config
-    )
+    sampler = JointSampler(bases) if sampler is None else sampler
+    if sampler.noise_model is not bases or sampler.joint_num_steps != 1:
+        raise ValueError(
+            "fake pairs are sampled from the bare bases with one joint step: pass "
+            "JointSampler(bases, ..., joint_num_steps=1) (no guidance, no re-noise recurrence)"
+        )
+    key = fakes_key(bases, captions, num_pairs, seed, sampler, shard_size, batch_size, base_config)
     out_dir = Path(cache_dir) / f"fakes-{config_hash(key)}"
-    sampler = JointSampler(bases, None, **sampler_kwargs)
 
     def make_shard(s: int):
         first, last = s * shard_size, min(num_pairs, (s + 1) * shard_size)
@@ -131,7 +130,7 @@ def presample_fakes(
 def _sample_shard(sampler, bases, prompts, first, seed, batch_size, device) -> tuple[dict, dict]:
     """Pairs first .. first + len(prompts) - 1 in batches; tensors on the CPU + metadata."""
     tables, caption_index, _ = prompt_tables(bases, prompts)
-    outs: dict[str, list[Tensor]] = {m: [] for m in MODALITIES}
+    outs: dict[str, list[Tensor]] = {m: [] for m in bases.names}
     for b in range(0, len(prompts), batch_size):
         rows = caption_index[b : b + batch_size]
         gens = [
@@ -140,7 +139,7 @@ def _sample_shard(sampler, bases, prompts, first, seed, batch_size, device) -> t
         ]
         conds = batch_conditions(bases, {k: v[rows] for k, v in tables.items()})
         xs = sampler.sample(len(rows), conds=conds, generator=gens, device=device)
-        for m in MODALITIES:
+        for m in bases.names:
             outs[m].append(xs[m].detach().cpu())
     tensors = {m: torch.cat(v) for m, v in outs.items()}
     tensors.update(tables, caption_index=caption_index)
@@ -148,6 +147,6 @@ def _sample_shard(sampler, bases, prompts, first, seed, batch_size, device) -> t
         "count": len(prompts),
         "captions": prompts,
         "first": first,
-        "conditional": [m for m in MODALITIES if f"{m}_cond" in tables],
+        "conditional": [m for m in bases.names if f"{m}_cond" in tables],
     }
     return tensors, meta
