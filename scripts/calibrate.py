@@ -18,8 +18,8 @@ import hydra
 from accelerate import Accelerator
 from omegaconf import DictConfig, OmegaConf
 
-from mmdisco.runs import WEIGHTS_FILE, load_run, setup_torch
 from mmdisco.pairs.prepare import real_pairs
+from mmdisco.runs import WEIGHTS_FILE, load_run, setup_torch
 from mmdisco.training import calibrate_run, holdout_count
 
 
