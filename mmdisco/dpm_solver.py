@@ -21,8 +21,8 @@ import math
 import torch
 from torch import Tensor
 
-from mmdisco.sampling import Solver
 from mmdisco.schedule import NoiseSchedule, expand_as
+from mmdisco.solver import Solver
 
 DEFAULT_PERCENTILE = 0.995  # Imagen's dynamic thresholding (Saharia et al. 2022)
 
