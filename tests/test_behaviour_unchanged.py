@@ -3,7 +3,8 @@ discriminator weights on the synthetic world.
 
 The golden hash is of ``discriminator.safetensors`` written by this command at commit 3dd2bd4
 (before the redesign: sampler-built guidance, data/cache.py + fakes.py) on the project's CI
-machine with one thread; every issue-11 commit reproduced it.
+machine with one thread; every issue-11 commit reproduced it. Defaults changed since (issue 10:
+held-out calibration pairs) are pinned to their values at that commit.
 """
 
 import hashlib
@@ -15,6 +16,7 @@ COMMAND = [
     "experiment=synthetic", "train.steps=5", "train.batch_size=8", "fake.num_pairs=16",
     "fake.batch_size=8", "fake.shard_size=8", "data.num_clips=24", "threads=1",
     "progress=false", "train.tensorboard=false",
+    "calibration.holdout=0", "loss.t_power=2", "loss.dsm_reduction=mean",
 ]  # fmt: skip
 
 
