@@ -23,6 +23,7 @@ import yaml
 
 from mmdisco.bases.mmdiffusion import MMDiffusionBase, build_official
 from mmdisco.bases.mmdiffusion_unet import CoupledUNet, CoupledUNetConfig
+from mmdisco.guidance import JointGuidance
 from mmdisco.sampling import JointSampler
 
 D_CONFIG = Path(__file__).resolve().parent.parent / "configs/discriminator/mmdiffusion_ind.yaml"
@@ -72,9 +73,9 @@ def main() -> None:
           f"batch {args.batch}, {args.nfe} NFE, {device}")  # fmt: skip
     results = {}
     for name, d in (("base alone", None), ("guided", disc)):
-        sampler = JointSampler(base, d, joint_scales=1.0, solver="dpm_singlestep",
-                               num_steps=args.nfe, order=3)  # fmt: skip
-        warm = JointSampler(base, d, solver="dpm_singlestep", num_steps=2, order=2)
+        model = base if d is None else JointGuidance(base, d, joint_scales=1.0)
+        sampler = JointSampler(model, solver="dpm_singlestep", num_steps=args.nfe, order=3)
+        warm = JointSampler(model, solver="dpm_singlestep", num_steps=2, order=2)
 
         def run(s=sampler):
             return s.sample(args.batch, generator=torch.Generator(device).manual_seed(0),

@@ -18,6 +18,7 @@ from mmdisco.bases.mmdiffusion import (
 from mmdisco.bases.mmdiffusion_sr import SuperResUNet, SuperResUNetConfig
 from mmdisco.bases.mmdiffusion_unet import CoupledUNet, CoupledUNetConfig
 from mmdisco.discriminator.two_stream import TwoStreamDiscriminator
+from mmdisco.guidance import JointGuidance
 from mmdisco.sampling import JointSampler
 
 CONFIG_DIR = Path(__file__).parents[1] / "configs" / "discriminator"
@@ -58,9 +59,8 @@ def discriminator() -> TwoStreamDiscriminator:
 
 
 def sampler(base, disc=None, scales=1.0, steps=6):
-    return JointSampler(
-        base, disc, joint_scales=scales, solver="dpm_singlestep", num_steps=steps, order=3
-    )
+    model = base if disc is None else JointGuidance(base, disc, scales)
+    return JointSampler(model, solver="dpm_singlestep", num_steps=steps, order=3)
 
 
 def test_predict_noise_is_one_forward_of_the_network(base):
