@@ -1,0 +1,133 @@
+"""scripts/evaluate.py with the paper's suite on folders of mp4s: local weights (seeded, in the
+real files' formats), protocol-named outputs equal to a direct computation, the feature cache,
+and the one-line error for missing weights."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from script_runner import script
+from seeded_weights import load_manifest, seeded_state_dict
+from tiny_eval_components import save_tiny_clap
+
+from mmdisco.media import read_video_with_audio, write_video_with_audio
+from mmdisco.metrics.frechet import frechet_distance_features, polynomial_mmd
+from mmdisco.metrics.i3d import InceptionI3d, preprocess_videogpt
+from mmdisco.metrics.suite import MetricSuite, SuiteConfig, resolve_metrics
+from mmdisco.metrics.vggish import VGGish, log_mel_examples
+from mmdisco.metrics.weights import load_into
+
+SETS = {"reference": (3, 0), "unguided": (2, 1), "guided": (2, 2)}  # clips, seed
+
+
+def _write_set(folder, n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        t = np.arange(16)[:, None, None, None]
+        frames = (rng.integers(0, 200, (1, 32, 32, 3)) + 3 * t * (seed + 1)).clip(0, 255)
+        audio = 0.3 * np.sin(2 * np.pi * (200 + 100 * seed + 50 * i) * np.arange(32_000) / 16_000)
+        audio[8_000 * (i + 1) : 8_000 * (i + 1) + 400] += 0.5  # a click: an onset
+        write_video_with_audio(folder / f"{i:05d}.mp4", frames.astype(np.uint8), 8,
+                               audio.astype(np.float32), 16_000)  # fmt: skip
+    (folder / "prompts.csv").write_text(
+        "file,prompt\n" + "".join(f"{i:05d}.mp4,a tone {i}\n" for i in range(n))
+    )
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("suite")
+    for name, (n, seed) in SETS.items():
+        _write_set(root / name, n, seed)
+    weights = root / "weights"
+    weights.mkdir()
+    i3d = seeded_state_dict(load_manifest("i3d400_keys.json"))
+    torch.save({k: v for k, v in i3d.items() if "num_batches" not in k},
+               weights / "i3d_pretrained_400.pt")  # fmt: skip
+    torch.save(
+        seeded_state_dict(load_manifest("vggish_keys.json")), weights / "vggish-10086976.pth"
+    )
+    save_tiny_clap(weights / "clap-htsat-unfused")
+    return root
+
+
+def _direct_features(root):
+    """The same features by direct calls to the networks (no suite, no cache)."""
+    i3d = InceptionI3d().eval()
+    load_into(i3d, seeded_state_dict(load_manifest("i3d400_keys.json")), "i3d")
+    vgg = VGGish().eval()
+    load_into(vgg, seeded_state_dict(load_manifest("vggish_keys.json")), "vggish")
+    out = {}
+    for name in SETS:
+        clips = [read_video_with_audio(p, mono=True) for p in sorted((root / name).glob("*.mp4"))]
+        video = np.stack([c[0][:16] for c in clips])
+        with torch.no_grad():
+            logits = i3d(preprocess_videogpt(video)).numpy()
+            ex = np.concatenate([log_mel_examples(c[2]) for c in clips])
+            emb = vgg(torch.from_numpy(ex).float()[:, None]).numpy()
+        out[name] = (logits, emb)
+    return out
+
+
+def test_evaluate_script_with_the_suite(setup, tmp_path):
+    root = setup
+    args = [
+        f"run_dir={root}", "samples=[unguided,guided]", f"reference={root / 'reference'}",
+        "metrics=[fvd,kvd,fad,clap,av_align]", f"weights_dir={root / 'weights'}",
+        f"cache_dir={tmp_path / 'cache'}", "progress=false", "batch_size=2",
+    ]  # fmt: skip
+    out = script("evaluate.py", *args).stdout
+    # the reference set is embedded once: guided reuses unguided's reference features, and
+    # KVD reuses FVD's I3D features (unguided: 2 hits; guided: 3 for I3D, 1 for VGGish)
+    assert "features reused" in out and ": 6 file list(s)" in out, out
+    header = next(line for line in out.splitlines() if line.split() == ["unguided", "guided"])
+    assert header
+    for key in resolve_metrics(["fvd", "kvd", "fad", "clap", "av_align"]):
+        assert any(line.startswith(key) for line in out.splitlines()), (key, out)
+    results = json.loads((root / "evaluation.json").read_text())
+    assert results["guided"] == json.loads((root / "guided_metrics.json").read_text())
+    direct = _direct_features(root)
+    for name in ("unguided", "guided"):
+        r = results[name]
+        fake, real = direct[name], direct["reference"]
+        assert r["fvd/videogpt-i3d400"] == pytest.approx(
+            frechet_distance_features(fake[0], real[0], method="svd"), rel=1e-3
+        )
+        assert r["kvd/videogpt-i3d400"] == pytest.approx(polynomial_mmd(fake[0], real[0]), rel=1e-3)
+        assert r["fad/vggish"] == pytest.approx(
+            frechet_distance_features(fake[1], real[1]), rel=1e-3
+        )
+        assert -1 <= r["clap/laion-clap"] <= 1
+        assert 0 <= r["av_align/tempotokens-2025"] <= 1 and r["av_align/mmdisco-a10.1"] >= 0
+    assert (root / "report.html").exists() and (root / "evaluation.md").exists()
+    assert (root / "evaluation.png").exists()
+    # second run: every lookup hits (2 folders x 2 networks x (samples, reference))
+    again = script("evaluate.py", *args, "metrics=[fvd,fad]").stdout
+    assert "features reused" in again and ": 8 file list(s)" in again, again
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 6
+
+
+def test_missing_weights_is_one_clear_error(setup, tmp_path):
+    suite = MetricSuite(SuiteConfig(weights_dir=str(tmp_path), cache_dir=None, progress=False))
+    with pytest.raises(FileNotFoundError) as err:
+        suite.evaluate(setup / "guided", ["fvd"], reference=setup / "reference")
+    msg = str(err.value)
+    assert "i3d_pretrained_400.pt" in msg and "drive.google.com" in msg and str(tmp_path) in msg
+    proc = script("evaluate.py", f"run_dir={setup}", "samples=[guided]", "metrics=[fad]",
+                  f"reference={setup / 'reference'}", "report=false", check=False)  # fmt: skip
+    assert proc.returncode != 0 and "vggish-10086976.pth" in proc.stderr
+    assert "harritaylor/torchvggish/releases" in proc.stderr
+
+
+def test_unknown_and_unimplemented_metrics_are_refused():
+    assert resolve_metrics(["fvd", "fvd/videogpt-i3d400", "fvd_stylegan"]) == [
+        "fvd/videogpt-i3d400",
+        "fvd/stylegan-v",
+    ]
+    with pytest.raises(NotImplementedError, match="ImageBind"):
+        resolve_metrics(["ib"])
+    with pytest.raises(ValueError, match="unknown metric"):
+        resolve_metrics(["fid"])
