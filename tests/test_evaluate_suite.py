@@ -131,3 +131,33 @@ def test_unknown_and_unimplemented_metrics_are_refused():
         resolve_metrics(["ib"])
     with pytest.raises(ValueError, match="unknown metric"):
         resolve_metrics(["fid"])
+
+
+class _DetectorStandIn(torch.nn.Module):
+    """TorchScript stand-in with the StyleGAN-V detector's call signature: it checks the input
+    contract (uint8 (B, 3, 16, H, W), the three flags set) and returns 1-d features (the clip
+    mean, well conditioned with 2-3 clips)."""
+
+    def forward(
+        self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
+        return_features: bool = False,
+    ) -> torch.Tensor:  # fmt: skip
+        if x.dtype != torch.uint8 or x.shape[1] != 3 or x.shape[2] != 16:
+            raise ValueError("expected uint8 (B, 3, 16, H, W)")
+        if not (rescale and resize and return_features):
+            raise ValueError("expected rescale, resize and return_features")
+        return x.float().mean(dim=(1, 2, 3, 4))[:, None]  # (B, 1)
+
+
+def test_stylegan_v_protocol_feeds_the_torchscript_detector(setup, tmp_path):
+    torch.jit.script(_DetectorStandIn()).save(str(tmp_path / "i3d_torchscript.pt"))
+    suite = MetricSuite(SuiteConfig(weights_dir=str(tmp_path), cache_dir=None, progress=False))
+    got = suite.evaluate(setup / "guided", ["fvd_stylegan"], reference=setup / "reference")
+
+    def feats(name):
+        clips = [read_video_with_audio(p)[0][:16] for p in sorted((setup / name).glob("*.mp4"))]
+        return np.array([[c.astype(np.float64).mean()] for c in clips])
+
+    expected = frechet_distance_features(feats("guided"), feats("reference"), method="sqrtm")
+    assert list(got) == ["fvd/stylegan-v"]
+    assert got["fvd/stylegan-v"] == pytest.approx(expected, rel=1e-6)
