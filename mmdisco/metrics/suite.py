@@ -14,10 +14,11 @@ so a reference set is embedded once. Networks load lazily from local weights onl
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,6 +118,17 @@ class FeatureCache:
         return features
 
 
+@contextlib.contextmanager
+def full_fp32() -> Iterator[None]:
+    """No TF32 in convolutions / matmuls while embedding (the references ran in full fp32)."""
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+
 def _batches(items: list, size: int):
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -206,7 +218,12 @@ class MetricSuite:
         network = PROTOCOLS[protocol][1]
         compute = {"i3d400": self._i3d400, "i3d_torchscript": self._stylegan_v,
                    "vggish": self._vggish}[network]  # fmt: skip
-        return self.cache.get(network, paths, lambda: compute(paths))
+
+        def run():
+            with full_fp32():
+                return compute(paths)
+
+        return self.cache.get(network, paths, run)
 
     # -- per-clip scores ---------------------------------------------------------------------
     def _clap(self, paths: list[Path]) -> np.ndarray:

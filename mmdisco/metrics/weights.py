@@ -83,11 +83,12 @@ def weights_path(
     else:
         found = None
     if found is None or not found.exists():
-        where = f"{found}" if found is not None else "(no metrics.weights_dir given)"
+        where = f"{found}" if found is not None else "(no weights_dir given)"
         raise MissingWeightsError(
             f"weights of {name} ({net.used_by}) not found: expected {net.filename!r} at {where}. "
             f"Nothing is downloaded at run time: get the official copy from {net.source} and put "
-            f"it in metrics.weights_dir (or pass metrics.paths.{name}=FILE)."
+            f"it in the weights folder (scripts/evaluate.py weights_dir=DIR), or give its path "
+            f"(weights.{name}=PATH; SuiteConfig(paths={{'{name}': PATH}}))."
         )
     return found
 
