@@ -21,6 +21,8 @@ from pathlib import Path
 
 from mmdisco.io import atomic_write_bytes, atomic_write_json
 
+NOT_PLOTTED = ("num_clips", "unreadable")  # bookkeeping counts: in the table, not the chart
+
 
 def scalar_keys(results: dict[str, dict]) -> list[str]:
     """Metric names with a number in any result, in first-seen order."""
@@ -65,7 +67,7 @@ def bar_chart(path: str | os.PathLike, results: dict[str, dict]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = scalar_keys(results)
+    keys = [k for k in scalar_keys(results) if k not in NOT_PLOTTED]
     names = list(results)
     cols = min(4, max(1, len(keys)))
     rows = math.ceil(len(keys) / cols) or 1
@@ -141,8 +143,10 @@ def write_report(
         f"<title>{esc(title)}</title><script>{_ERRORS}</script><style>",
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}",
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}",
-        "td:first-child{text-align:left}.pair{display:flex;gap:1em;margin:1em 0}",
-        "figure{margin:0}video{width:256px;image-rendering:pixelated;background:#000}",
+        "td:first-child{text-align:left}.pairs{display:flex;flex-wrap:wrap;gap:1.5em}",
+        ".pair{display:flex;gap:.5em;padding:.5em;border:1px solid #ddd}",
+        "figure{margin:0}video{width:192px;image-rendering:pixelated;background:#000}",
+        "img{max-width:100%}",
         "</style></head><body>",
         f"<h1>{esc(title)}</h1><h2>Metrics</h2><table><tr><th>metric</th>",
         *[f"<th>{esc(n)}</th>" for n in results],
@@ -152,9 +156,6 @@ def write_report(
         cells = "".join(f"<td>{_cell(r.get(k))}</td>" for r in results.values())
         parts.append(f"<tr><td>{esc(k)}</td>{cells}</tr>")
     parts.append("</table>")
-    if chart is not None and Path(chart).exists():
-        uri = _data_uri(Path(chart).read_bytes(), "image/png")
-        parts.append(f"<h2>Per metric</h2><img alt='bar chart' src='{uri}'>")
     folders = {n: Path(f) for n, f in (folders or {}).items() if Path(f).is_dir()}
     if folders:
         names = sorted(
@@ -164,6 +165,7 @@ def write_report(
             f"<h2>Same seed, side by side ({min(len(names), max_pairs)} of {len(names)})</h2>"
         )
         tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=Path(path).parent))
+        parts.append("<div class='pairs'>")
         for name in names[:max_pairs]:
             parts.append(f"<div class='pair'><b>{esc(name)}</b>")
             for label, folder in folders.items():
@@ -173,13 +175,19 @@ def write_report(
                     f"<figcaption>{esc(label)}</figcaption></figure>"
                 )
             parts.append("</div>")
+        parts.append("</div>")
         shutil.rmtree(tmp, ignore_errors=True)
+    if chart is not None and Path(chart).exists():
+        uri = _data_uri(Path(chart).read_bytes(), "image/png")
+        parts.append(f"<h2>Per metric</h2><img alt='bar chart' src='{uri}'>")
     parts.append(f"<script>{_SCRIPT}</script></body></html>")
     atomic_write_bytes(path, "\n".join(parts).encode())
     return Path(path)
 
 
-def write_outputs(out_dir: str | os.PathLike, results: dict[str, dict], folders=None) -> dict:
+def write_outputs(
+    out_dir: str | os.PathLike, results: dict[str, dict], folders=None, max_pairs: int = 8
+) -> dict:
     """evaluation.md / .json / .png and report.html in out_dir; returns their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -193,5 +201,5 @@ def write_outputs(out_dir: str | os.PathLike, results: dict[str, dict], folders=
     atomic_write_bytes(paths["markdown"], format_markdown(scalars).encode())
     atomic_write_json(paths["json"], scalars)
     bar_chart(paths["chart"], scalars)
-    write_report(paths["report"], scalars, paths["chart"], folders)
+    write_report(paths["report"], scalars, paths["chart"], folders, max_pairs)
     return paths

@@ -89,7 +89,7 @@ def main(cfg: DictConfig) -> None:
     table = getattr(data, "format_table", None)
     print(table(results) if table is not None and suite is None else format_text(results))
     if cfg.report:
-        paths = write_outputs(run_dir, results, folders)
+        paths = write_outputs(run_dir, results, folders, cfg.report_pairs)
         print(f"table {paths['markdown']}, {paths['json']}; chart {paths['chart']}")
         print(f"report {paths['report'].resolve()}")
 
