@@ -28,8 +28,10 @@ Two protocols, named in every output (``VARIANTS``):
   same video peak (the paper's Eq. 38) and the score can exceed 1), with the onset detection
   interval raised from 32 ms to 96 ms for 8 fps videos: audio at 16 kHz (MMDisCo's rate, where
   librosa's hop of 512 samples is the paper's 32 ms) and an onset hop of 1536 samples (96 ms).
-  Doubt: the paper gives the interval, not the code; "interval" is read here as the onset
-  envelope's hop length.
+  Doubts: the paper gives the interval, not the code; "interval" is read here as the onset
+  envelope's hop length. Its Eq. 37 (lost in our text copy) also counts "valid" peaks, those
+  "within three frames" of a peak of the other modality; that equation is not implemented:
+  the matching window here is the reference's one frame (Eq. 38).
 
 Differences of input only: the reference reads the frames with OpenCV (BGR -> grey) and the
 audio from a separate wav; here both come from the one mp4 through ``mmdisco.media`` (RGB ->
