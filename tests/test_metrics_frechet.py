@@ -46,13 +46,40 @@ def test_identity_and_symmetry(method):
     assert xy > 0.1 and frechet_distance_features(y, x, method=method) == pytest.approx(xy)
 
 
-def test_singular_covariances_use_the_epsilon_fallback():
-    # fewer samples than dimensions: both covariances singular, sqrtm(S1 S2) is not finite
+def test_singular_covariances_give_a_finite_distance():
+    # fewer samples than dimensions: both covariances singular
     rng = np.random.default_rng(3)
     x, y = rng.standard_normal((4, 12)), rng.standard_normal((4, 12))
     got = frechet_distance_features(x, y)
     assert np.isfinite(got)
     assert got == pytest.approx(frechet_distance_features(x, y, method="svd"), rel=1e-2)
+
+
+def test_epsilon_fallback_and_imaginary_check(monkeypatch):
+    from mmdisco.metrics import frechet as F
+
+    rng = np.random.default_rng(5)
+    mu1, mu2, s1, s2 = rng.standard_normal(4), rng.standard_normal(4), _spd(rng, 4), _spd(rng, 4)
+    real_sqrtm, calls = linalg.sqrtm, []
+
+    def first_fails(m):  # scipy returning a non-finite root, as older versions do when singular
+        calls.append(m)
+        return np.full_like(m, np.inf) if len(calls) == 1 else real_sqrtm(m)
+
+    monkeypatch.setattr(F.linalg, "sqrtm", first_fails)
+    got = frechet_distance(mu1, s1, mu2, s2, eps=1e-3)
+    offset = 1e-3 * np.eye(4)
+    np.testing.assert_allclose(calls[1], (s1 + offset) @ (s2 + offset))  # eps on both diagonals
+    tr = np.trace(real_sqrtm((s1 + offset) @ (s2 + offset)).real)
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2) - 2 * tr
+    assert got == pytest.approx(expected, rel=1e-12)
+    monkeypatch.setattr(F.linalg, "sqrtm", lambda m: real_sqrtm(m) + 0.01j * np.eye(len(m)))
+    with pytest.raises(ValueError, match="imaginary component"):
+        frechet_distance(mu1, s1, mu2, s2)
+    monkeypatch.setattr(F.linalg, "sqrtm", lambda m: real_sqrtm(m) + 1e-5j * np.eye(len(m)))
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(
+        frechet_distance(mu1, s1, mu2, s2, method="svd"), rel=1e-9
+    )  # a tiny imaginary part is dropped
 
 
 def test_bad_inputs_are_refused():
