@@ -37,16 +37,19 @@ from mmdisco.runs import CONFIG_FILE
 def _suite(cfg: DictConfig):
     from mmdisco.metrics.suite import MetricSuite, SuiteConfig
 
-    weights = OmegaConf.to_container(cfg.weights, resolve=True) if cfg.weights else {}
+    def plain(node):
+        return OmegaConf.to_container(node, resolve=True) if node else {}
+
     return MetricSuite(
         SuiteConfig(
             weights_dir=cfg.weights_dir,
-            paths=weights,
+            paths=plain(cfg.weights),
             cache_dir=cfg.cache_dir,
             device=cfg.device,
             batch_size=cfg.batch_size,
             progress=cfg.progress,
-        )  # fmt: skip
+            imagebind=plain(cfg.get("imagebind")),
+        )
     )
 
 

@@ -4,6 +4,8 @@ and the one-line error for missing weights."""
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import json
 
 import numpy as np
@@ -127,8 +129,8 @@ def test_unknown_and_unimplemented_metrics_are_refused():
         "fvd/videogpt-i3d400",
         "fvd/stylegan-v",
     ]
-    with pytest.raises(NotImplementedError, match="ImageBind"):
-        resolve_metrics(["ib"])
+    with pytest.raises(NotImplementedError, match="Synchformer"):
+        resolve_metrics(["desync"])
     with pytest.raises(ValueError, match="unknown metric"):
         resolve_metrics(["fid"])
 
@@ -161,3 +163,38 @@ def test_stylegan_v_protocol_feeds_the_torchscript_detector(setup, tmp_path):
     expected = frechet_distance_features(feats("guided"), feats("reference"), method="sqrtm")
     assert list(got) == ["fvd/stylegan-v"]
     assert got["fvd/stylegan-v"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_imagebind_scores_through_the_suite(setup, tmp_path):
+    """IB-AV / IB-TV / IB-TA from the files equal cosines of the model's own embeddings of the
+    pipeline's inputs (the model and the pipeline are checked against the reference apart)."""
+    from test_metrics_imagebind import CONSTANTS, TINY
+
+    from mmdisco.metrics import imagebind_data as D
+    from mmdisco.metrics.imagebind import ImageBind
+
+    net = ImageBind(TINY).eval()
+    manifest = {k: list(v.shape) for k, v in net.state_dict().items() if k not in CONSTANTS}
+    state = {**seeded_state_dict(manifest, seed=3), **{k: net.state_dict()[k] for k in CONSTANTS}}
+    torch.save(
+        {**state, "modality_trunks.depth.blocks.0.norm_1.weight": torch.ones(2)},
+        tmp_path / "imagebind_huge.pth",
+    )  # fmt: skip  (other modalities are ignored)
+    with gzip.open(tmp_path / "bpe_simple_vocab_16e6.txt.gz", "wt") as f:
+        f.write("#version: tiny\nt o\nto n\nton e</w>\n")
+    tiny = dataclasses.asdict(TINY)
+    suite = MetricSuite(SuiteConfig(weights_dir=str(tmp_path), cache_dir=None, progress=False,
+                                    imagebind=tiny, batch_size=1))  # fmt: skip
+    got = suite.evaluate(setup / "guided", ["ib"])
+    assert list(got) == ["ib_av/imagebind-huge", "ib_tv/imagebind-huge", "ib_ta/imagebind-huge"]
+    load_into(net, state, "tiny")
+    paths = sorted((setup / "guided").glob("*.mp4"))
+    clips = [read_video_with_audio(p) for p in paths]
+    tok = D.BPETokenizer(tmp_path / "bpe_simple_vocab_16e6.txt.gz")
+    with torch.no_grad():
+        v = net.embed("vision", torch.stack([D.video_clips(c[0], c[1]) for c in clips]))
+        a = net.embed("audio", torch.stack([D.audio_clips(c[2], c[3]) for c in clips]))
+        t = net.embed("text", tok([f"a tone {i}" for i in range(len(paths))]))
+    cos = torch.nn.functional.cosine_similarity
+    for key, (x, y) in {"ib_av": (v, a), "ib_tv": (t, v), "ib_ta": (t, a)}.items():
+        assert got[f"{key}/imagebind-huge"] == pytest.approx(float(cos(x, y).mean()), rel=1e-4)

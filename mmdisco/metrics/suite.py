@@ -37,6 +37,9 @@ PROTOCOLS = {
     "fvd/stylegan-v": ("fd-sqrtm", "i3d_torchscript"),
     "fad/vggish": ("fd-sqrtm", "vggish"),
     "clap/laion-clap": ("per-clip", "clap"),
+    "ib_av/imagebind-huge": ("per-clip", "imagebind"),
+    "ib_tv/imagebind-huge": ("per-clip", "imagebind"),
+    "ib_ta/imagebind-huge": ("per-clip", "imagebind"),
     "av_align/tempotokens-2025": ("per-clip", None),
     "av_align/mmdisco-a10.1": ("per-clip", None),
 }
@@ -46,10 +49,19 @@ ALIASES = {
     "fvd_stylegan": ["fvd/stylegan-v"],
     "fad": ["fad/vggish"],
     "clap": ["clap/laion-clap"],
+    "ib": ["ib_av/imagebind-huge", "ib_tv/imagebind-huge", "ib_ta/imagebind-huge"],
+    "ib_av": ["ib_av/imagebind-huge"],
+    "ib_tv": ["ib_tv/imagebind-huge"],
+    "ib_ta": ["ib_ta/imagebind-huge"],
     "av_align": ["av_align/tempotokens-2025", "av_align/mmdisco-a10.1"],
 }
+# IB-AV, IB-TV, IB-TA: cosine similarity of ImageBind embeddings (v: video, a: audio, t: text)
+IB_PAIRS = {
+    "ib_av/imagebind-huge": ("v", "a"),
+    "ib_tv/imagebind-huge": ("t", "v"),
+    "ib_ta/imagebind-huge": ("t", "a"),
+}
 NOT_IMPLEMENTED = {
-    "ib": "ImageBind scores IB-TV / IB-TA / IB-AV",
     "desync": "DeSync (Synchformer, MMAudio's av-benchmark)",
     "fad_audioclip": "FAD on AudioCLIP embeddings x 1e4 (MM-Diffusion, JavisBench)",
     "fad_panns": "FAD on PANNs embeddings",
@@ -89,6 +101,7 @@ class SuiteConfig:
     device: str = "auto"  # auto: cuda when present
     batch_size: int = 8
     progress: bool = True
+    imagebind: dict = field(default_factory=dict)  # ImageBindConfig overrides (tests: tiny)
 
 
 class FeatureCache:
@@ -171,6 +184,16 @@ class MetricSuite:
             return net.eval().to(self.device)
         if name == "i3d_torchscript":
             return torch.jit.load(str(path), map_location=self.device).eval()
+        if name == "imagebind":
+            from mmdisco.metrics.imagebind import ImageBind, ImageBindConfig, select_state
+
+            net = ImageBind(ImageBindConfig(**(self.cfg.imagebind or {})))
+            load_into(net, select_state(load_state_dict(path)), str(path))
+            return net.eval().to(self.device)
+        if name == "imagebind_bpe":
+            from mmdisco.metrics.imagebind_data import BPETokenizer
+
+            return BPETokenizer(path)
         if name == "clap":
             from mmdisco.metrics.clap import ClapScorer
 
@@ -241,6 +264,36 @@ class MetricSuite:
             scores.append(scorer.scores(audios, scorer.sample_rate, texts))
         return np.concatenate(scores)
 
+    @torch.no_grad()
+    def _imagebind(self, paths: list[Path], pairs: list[tuple]) -> dict[tuple, np.ndarray]:
+        """Per-clip cosine similarities of embedding pairs: ("v", "a"), ("t", "v"), ("t", "a")."""
+        from mmdisco.metrics import imagebind_data as D
+
+        net = self.network("imagebind")
+        prompts = None
+        if any("t" in p for p in pairs):
+            from mmdisco.metrics.clap import read_prompts
+
+            prompts, tokenizer = read_prompts(paths[0].parent), self.network("imagebind_bpe")
+        scores = {p: [] for p in pairs}
+        for batch in self._bar(list(_batches(paths, self.cfg.batch_size)), "ImageBind"):
+            clips = [read_video_with_audio(p) for p in batch]
+            emb = {}
+            with full_fp32():
+                if any("v" in p for p in pairs):
+                    x = torch.stack([D.video_clips(c[0], c[1]) for c in clips]).to(self.device)
+                    emb["v"] = net.embed("vision", x).float().cpu()
+                if any("a" in p for p in pairs):
+                    x = torch.stack([D.audio_clips(c[2], c[3]) for c in clips]).to(self.device)
+                    emb["a"] = net.embed("audio", x).float().cpu()
+                if prompts is not None:
+                    ids = tokenizer([prompts[p.name] for p in batch]).to(self.device)
+                    emb["t"] = net.embed("text", ids).float().cpu()
+            for p in pairs:
+                cos = torch.nn.functional.cosine_similarity(emb[p[0]], emb[p[1]], dim=-1)  # (B,)
+                scores[p].append(cos.double().numpy())
+        return {p: np.concatenate(s) for p, s in scores.items()}
+
     def _av_align(self, paths: list[Path], variants: list[str]) -> dict[str, np.ndarray]:
         from mmdisco.metrics import av_align as A
 
@@ -281,6 +334,10 @@ class MetricSuite:
                 out[p] = frechet_distance_features(fake, real, method=kind.split("-")[1])
         if "clap/laion-clap" in protocols:
             out["clap/laion-clap"] = float(np.mean(self._clap(paths)))
+        ib = [p for p in protocols if p in IB_PAIRS]
+        if ib:
+            scores = self._imagebind(paths, [IB_PAIRS[p] for p in ib])
+            out.update({p: float(np.mean(scores[IB_PAIRS[p]])) for p in ib})
         variants = [p.split("/")[1] for p in protocols if p.startswith("av_align/")]
         if variants:
             for v, s in self._av_align(paths, variants).items():

@@ -21,7 +21,7 @@ import torch
 class FeatureNetwork:
     name: str  # registry key
     filename: str  # expected file (or folder) name under weights_dir
-    kind: str  # "state_dict" | "torchscript" | "pretrained_dir"
+    kind: str  # "state_dict" | "torchscript" | "pretrained_dir" | "file"
     source: str  # where the official copy is published
     used_by: str  # the protocol(s) that use it
 
@@ -52,6 +52,21 @@ NETWORKS = {
             "torchvggish: https://github.com/harritaylor/torchvggish/releases/download/v0.1/"
             "vggish-10086976.pth",
             "fad/vggish",
+        ),
+        FeatureNetwork(
+            "imagebind",
+            "imagebind_huge.pth",
+            "state_dict",
+            "https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth (README of "
+            "github.com/facebookresearch/ImageBind)",
+            "ib_av / ib_tv / ib_ta/imagebind-huge",
+        ),
+        FeatureNetwork(
+            "imagebind_bpe",
+            "bpe_simple_vocab_16e6.txt.gz",
+            "file",
+            "imagebind/bpe/bpe_simple_vocab_16e6.txt.gz of github.com/facebookresearch/ImageBind",
+            "ib_tv / ib_ta/imagebind-huge (text tokenizer)",
         ),
         FeatureNetwork(
             "clap",
