@@ -49,6 +49,7 @@ def _suite(cfg: DictConfig):
             batch_size=cfg.batch_size,
             progress=cfg.progress,
             imagebind=plain(cfg.get("imagebind")),
+            video_fps=cfg.get("video_fps"),
         )
     )
 

@@ -198,3 +198,23 @@ def test_imagebind_scores_through_the_suite(setup, tmp_path):
     cos = torch.nn.functional.cosine_similarity
     for key, (x, y) in {"ib_av": (v, a), "ib_tv": (t, v), "ib_ta": (t, a)}.items():
         assert got[f"{key}/imagebind-huge"] == pytest.approx(float(cos(x, y).mean()), rel=1e-4)
+
+
+def test_too_short_clips_and_video_fps(setup, tmp_path):
+    """A clip with fewer than 16 frames is refused by name; video_fps resamples before the cut
+    (and is part of the cache key)."""
+    short = tmp_path / "short"
+    write_video_with_audio(short / "00000.mp4", np.zeros((8, 32, 32, 3), np.uint8), 8,
+                           np.zeros(16_000, np.float32), 16_000)  # fmt: skip
+    torch.jit.script(_DetectorStandIn()).save(str(tmp_path / "i3d_torchscript.pt"))
+    cfg = dict(weights_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), progress=False)
+    suite = MetricSuite(SuiteConfig(**cfg))
+    with pytest.raises(ValueError, match=r"00000.mp4: 8 frames, FVD needs 16"):
+        suite.features("fvd/stylegan-v", [short / "00000.mp4"])
+    # 16 frames at 8 fps read at 16 fps: 32 frames, each repeated; the first 16 cover 1 s
+    paths = sorted((setup / "guided").glob("*.mp4"))
+    fast = MetricSuite(SuiteConfig(**cfg, video_fps=16)).features("fvd/stylegan-v", paths)
+    frames = [read_video_with_audio(p, fps=16)[0][:16] for p in paths]
+    np.testing.assert_allclose(fast[:, 0], [f.astype(np.float64).mean() for f in frames], rtol=1e-6)
+    native = suite.features("fvd/stylegan-v", paths)
+    assert not np.allclose(native, fast) and len(list((tmp_path / "cache").glob("*.npy"))) == 2

@@ -102,6 +102,7 @@ class SuiteConfig:
     batch_size: int = 8
     progress: bool = True
     imagebind: dict = field(default_factory=dict)  # ImageBindConfig overrides (tests: tiny)
+    video_fps: float | None = None  # FVD / KVD: read every clip at this frame rate (None: native)
 
 
 class FeatureCache:
@@ -204,24 +205,31 @@ class MetricSuite:
     def _bar(self, items, desc: str):
         return tqdm(items, desc=desc, disable=not self.cfg.progress, leave=False)
 
+    def _frames(self, path: Path, num_frames: int) -> np.ndarray:
+        """The first num_frames frames (at video_fps when set); too short a clip is an error."""
+        frames = read_video_with_audio(path, fps=self.cfg.video_fps)[0][:num_frames]
+        if len(frames) < num_frames:
+            raise ValueError(
+                f"{path}: {len(frames)} frames, FVD needs {num_frames} (clips are never padded)"
+            )
+        return frames
+
     @torch.no_grad()
     def _i3d400(self, paths: list[Path]) -> np.ndarray:
         from mmdisco.metrics.i3d import NUM_FRAMES, preprocess_videogpt
 
         net, out = self.network("i3d400"), []
         for batch in self._bar(list(_batches(paths, self.cfg.batch_size)), "I3D (videogpt)"):
-            clips = [
-                preprocess_videogpt(read_video_with_audio(p)[0][None, :NUM_FRAMES]) for p in batch
-            ]
+            clips = [preprocess_videogpt(self._frames(p, NUM_FRAMES)[None]) for p in batch]
             out.append(net(torch.cat(clips).to(self.device)).float().cpu())
         return torch.cat(out).numpy()
 
     def _stylegan_v(self, paths: list[Path]) -> np.ndarray:
-        from mmdisco.metrics.stylegan_v import clip_tensor, detector_features
+        from mmdisco.metrics.stylegan_v import NUM_FRAMES, clip_tensor, detector_features
 
         net, out = self.network("i3d_torchscript"), []
         for batch in self._bar(list(_batches(paths, self.cfg.batch_size)), "I3D (stylegan-v)"):
-            clips = [clip_tensor(read_video_with_audio(p)[0]) for p in batch]
+            clips = [clip_tensor(self._frames(p, NUM_FRAMES)) for p in batch]
             out.append(detector_features(net, clips, self.device))
         return torch.cat(out).numpy()
 
@@ -246,7 +254,8 @@ class MetricSuite:
             with full_fp32():
                 return compute(paths)
 
-        return self.cache.get(network, paths, run)
+        fps = self.cfg.video_fps if network in ("i3d400", "i3d_torchscript") else None
+        return self.cache.get(network + (f"@{fps}fps" if fps else ""), paths, run)
 
     # -- per-clip scores ---------------------------------------------------------------------
     def _clap(self, paths: list[Path]) -> np.ndarray:
