@@ -218,3 +218,27 @@ def test_too_short_clips_and_video_fps(setup, tmp_path):
     np.testing.assert_allclose(fast[:, 0], [f.astype(np.float64).mean() for f in frames], rtol=1e-6)
     native = suite.features("fvd/stylegan-v", paths)
     assert not np.allclose(native, fast) and len(list((tmp_path / "cache").glob("*.npy"))) == 2
+
+
+def test_panns_fd_through_the_suite(setup, tmp_path):
+    """fd/panns-cnn14-16k from a PANNs-style checkpoint ({"model": state}) equals the FD of the
+    network's own embeddings of the prepared audio."""
+    from mmdisco.metrics.panns import Cnn14, prepare
+
+    net = Cnn14().eval()
+    front = ("spectrogram_extractor", "logmel_extractor")
+    manifest = {k: list(v.shape) for k, v in net.state_dict().items() if not k.startswith(front)}
+    state = {**net.state_dict(), **seeded_state_dict(manifest, seed=4)}
+    torch.save({"model": state, "epoch": 0}, tmp_path / "Cnn14_16k_mAP=0.438.pth")
+    suite = MetricSuite(SuiteConfig(weights_dir=str(tmp_path), cache_dir=None, progress=False))
+    got = suite.evaluate(setup / "guided", ["fd_panns"], reference=setup / "reference")
+    load_into(net, state, "cnn14")
+
+    def emb(name):
+        clips = [read_video_with_audio(p) for p in sorted((setup / name).glob("*.mp4"))]
+        with torch.no_grad():
+            return np.concatenate([net(torch.from_numpy(prepare(c[2], c[3]))[None]).numpy()
+                                   for c in clips])  # fmt: skip
+
+    expected = frechet_distance_features(emb("guided"), emb("reference"))
+    assert got == {"fd/panns-cnn14-16k": pytest.approx(expected, rel=1e-4)}

@@ -36,6 +36,7 @@ PROTOCOLS = {
     "kvd/videogpt-i3d400": ("kvd", "i3d400"),
     "fvd/stylegan-v": ("fd-sqrtm", "i3d_torchscript"),
     "fad/vggish": ("fd-sqrtm", "vggish"),
+    "fd/panns-cnn14-16k": ("fd-sqrtm", "panns_cnn14_16k"),
     "clap/laion-clap": ("per-clip", "clap"),
     "ib_av/imagebind-huge": ("per-clip", "imagebind"),
     "ib_tv/imagebind-huge": ("per-clip", "imagebind"),
@@ -48,6 +49,7 @@ ALIASES = {
     "kvd": ["kvd/videogpt-i3d400"],
     "fvd_stylegan": ["fvd/stylegan-v"],
     "fad": ["fad/vggish"],
+    "fd_panns": ["fd/panns-cnn14-16k"],
     "clap": ["clap/laion-clap"],
     "ib": ["ib_av/imagebind-huge", "ib_tv/imagebind-huge", "ib_ta/imagebind-huge"],
     "ib_av": ["ib_av/imagebind-huge"],
@@ -64,7 +66,6 @@ IB_PAIRS = {
 NOT_IMPLEMENTED = {
     "desync": "DeSync (Synchformer, MMAudio's av-benchmark)",
     "fad_audioclip": "FAD on AudioCLIP embeddings x 1e4 (MM-Diffusion, JavisBench)",
-    "fad_panns": "FAD on PANNs embeddings",
 }
 
 
@@ -183,6 +184,12 @@ class MetricSuite:
             net = VGGish()
             load_into(net, load_state_dict(path), str(path))
             return net.eval().to(self.device)
+        if name == "panns_cnn14_16k":
+            from mmdisco.metrics.panns import Cnn14
+
+            net = Cnn14()
+            load_into(net, load_state_dict(path), str(path))
+            return net.eval().to(self.device)
         if name == "i3d_torchscript":
             return torch.jit.load(str(path), map_location=self.device).eval()
         if name == "imagebind":
@@ -245,10 +252,21 @@ class MetricSuite:
             out.append(net(x).float().cpu())
         return torch.cat(out).numpy()  # every 0.96 s example of every clip is one sample
 
+    @torch.no_grad()
+    def _panns(self, paths: list[Path]) -> np.ndarray:
+        from mmdisco.metrics.panns import prepare
+
+        net, out = self.network("panns_cnn14_16k"), []
+        for p in self._bar(paths, "PANNs"):  # one clip at a time: lengths differ
+            _, _, audio, sr = read_video_with_audio(p)
+            x = torch.from_numpy(prepare(audio, sr))[None].to(self.device)
+            out.append(net(x).float().cpu())
+        return torch.cat(out).numpy()
+
     def features(self, protocol: str, paths: list[Path]) -> np.ndarray:
         network = PROTOCOLS[protocol][1]
         compute = {"i3d400": self._i3d400, "i3d_torchscript": self._stylegan_v,
-                   "vggish": self._vggish}[network]  # fmt: skip
+                   "vggish": self._vggish, "panns_cnn14_16k": self._panns}[network]  # fmt: skip
 
         def run():
             with full_fp32():

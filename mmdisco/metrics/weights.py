@@ -54,6 +54,13 @@ NETWORKS = {
             "fad/vggish",
         ),
         FeatureNetwork(
+            "panns_cnn14_16k",
+            "Cnn14_16k_mAP=0.438.pth",
+            "state_dict",
+            "PANNs: https://zenodo.org/record/3987831/files/Cnn14_16k_mAP%3D0.438.pth",
+            "fd/panns-cnn14-16k",
+        ),
+        FeatureNetwork(
             "imagebind",
             "imagebind_huge.pth",
             "state_dict",
@@ -116,8 +123,9 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
         return load_file(path)
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
+    for key in ("state_dict", "model"):  # a training checkpoint's weights entry (PANNs: "model")
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
     return state
