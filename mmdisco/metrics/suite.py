@@ -1,9 +1,15 @@
 """The paper's evaluation suite over folders of mp4s with sound, each metric named by protocol.
 
-    suite = MetricSuite(SuiteConfig(weights_dir="weights/"))
-    suite.evaluate("runs/vc2/guided", ["fvd", "fad", "clap", "av_align"], reference="data/test")
-    # {"fvd/videogpt-i3d400": ..., "fad/vggish": ..., "clap/laion-clap": ...,
-    #  "av_align/tempotokens-2025": ..., "av_align/mmdisco-a10.1": ...}
+    suite = MetricSuite(SuiteConfig(weights_dir="weights/", video_fps=8))
+    suite.evaluate("runs/vc2/guided", ["fvd_stylegan", "fad", "ib", "av_align"], reference="real/")
+    # {"fvd/stylegan-v": ..., "fad/vggish": ..., "ib_av/imagebind-huge": ..., "ib_tv/...": ...,
+    #  "ib_ta/...": ..., "av_align/tempotokens-2025": ..., "av_align/mmdisco-a10.1": ...}
+
+Implemented (``PROTOCOLS``): FVD / KVD on I3D-400 logits (VideoGPT / MM-Diffusion), FVD with
+StyleGAN-V's TorchScript detector (the paper's), FAD on VGGish (AudioLDM's, the paper's), FD on
+PANNs Cnn14 (AudioLDM's "FD"), ImageBind IB-AV / IB-TV / IB-TA (the paper's), CLAP text-audio
+score, AV-Align (2025 reference and the paper's A.10.1 variant). Not implemented
+(``NOT_IMPLEMENTED``): DeSync (Synchformer), AudioCLIP FAD.
 
 Every output key is ``metric/protocol``: two FVDs (``fvd/videogpt-i3d400``, MM-Diffusion's;
 ``fvd/stylegan-v``, the MMDisCo paper's) give different numbers and are never mixed. Features
