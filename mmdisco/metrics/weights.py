@@ -122,7 +122,10 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # memory-mapped: a 4.5 GB ImageBind checkpoint is not read into memory twice
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # legacy (non-zip) checkpoints cannot be memory-mapped
+        state = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model"):  # a training checkpoint's weights entry (PANNs: "model")
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
