@@ -131,6 +131,10 @@ def test_unknown_and_unimplemented_metrics_are_refused():
     ]
     with pytest.raises(NotImplementedError, match="Synchformer"):
         resolve_metrics(["desync"])
+    assert resolve_metrics(["fad_audioclip", "fd_panns"]) == [
+        "fad/audioclip-mmdiffusion",
+        "fd/panns-cnn14-16k",
+    ]
     with pytest.raises(ValueError, match="unknown metric"):
         resolve_metrics(["fid"])
 
@@ -242,3 +246,28 @@ def test_panns_fd_through_the_suite(setup, tmp_path):
 
     expected = frechet_distance_features(emb("guided"), emb("reference"))
     assert got == {"fd/panns-cnn14-16k": pytest.approx(expected, rel=1e-4)}
+
+
+def test_audioclip_fad_through_the_suite(setup, tmp_path):
+    """fad/audioclip-mmdiffusion from a full AudioCLIP checkpoint (audio.* entries) equals 1e4
+    times the TF-GAN-form FD of the branch's raw embeddings of the prepared audio."""
+    from mmdisco.metrics.audioclip import AudioCLIPAudio, prepare
+
+    net = AudioCLIPAudio().eval()
+    keep = ("window", "fbsp.bias", "fbsp.fc")
+    manifest = {k: list(v.shape) for k, v in net.state_dict().items() if k not in keep}
+    state = {**net.state_dict(), **seeded_state_dict(manifest, seed=5)}
+    full = {f"audio.{k}": v for k, v in state.items()}
+    full["visual.conv1.weight"] = torch.zeros(1)  # CLIP's entries are ignored
+    torch.save(full, tmp_path / "AudioCLIP-Full-Training.pt")
+    suite = MetricSuite(SuiteConfig(weights_dir=str(tmp_path), cache_dir=None, progress=False))
+    got = suite.evaluate(setup / "guided", ["fad_audioclip"], reference=setup / "reference")
+    load_into(net, state, "audioclip")
+
+    def emb(name):
+        clips = [read_video_with_audio(p) for p in sorted((setup / name).glob("*.mp4"))]
+        with torch.no_grad():
+            return net(torch.from_numpy(np.stack([prepare(c[2], c[3]) for c in clips]))).numpy()
+
+    expected = 1e4 * frechet_distance_features(emb("guided"), emb("reference"), method="svd")
+    assert got == {"fad/audioclip-mmdiffusion": pytest.approx(expected, rel=1e-4)}

@@ -8,8 +8,8 @@
 Implemented (``PROTOCOLS``): FVD / KVD on I3D-400 logits (VideoGPT / MM-Diffusion), FVD with
 StyleGAN-V's TorchScript detector (the paper's), FAD on VGGish (AudioLDM's, the paper's), FD on
 PANNs Cnn14 (AudioLDM's "FD"), ImageBind IB-AV / IB-TV / IB-TA (the paper's), CLAP text-audio
-score, AV-Align (2025 reference and the paper's A.10.1 variant). Not implemented
-(``NOT_IMPLEMENTED``): DeSync (Synchformer), AudioCLIP FAD.
+score, AV-Align (2025 reference and the paper's A.10.1 variant), FAD on AudioCLIP x 1e4
+(MM-Diffusion's). Not implemented (``NOT_IMPLEMENTED``): DeSync (Synchformer).
 
 Every output key is ``metric/protocol``: two FVDs (``fvd/videogpt-i3d400``, MM-Diffusion's;
 ``fvd/stylegan-v``, the MMDisCo paper's) give different numbers and are never mixed. Features
@@ -43,6 +43,7 @@ PROTOCOLS = {
     "fvd/stylegan-v": ("fd-sqrtm", "i3d_torchscript"),
     "fad/vggish": ("fd-sqrtm", "vggish"),
     "fd/panns-cnn14-16k": ("fd-sqrtm", "panns_cnn14_16k"),
+    "fad/audioclip-mmdiffusion": ("fd-svd-x1e4", "audioclip"),
     "clap/laion-clap": ("per-clip", "clap"),
     "ib_av/imagebind-huge": ("per-clip", "imagebind"),
     "ib_tv/imagebind-huge": ("per-clip", "imagebind"),
@@ -56,6 +57,7 @@ ALIASES = {
     "fvd_stylegan": ["fvd/stylegan-v"],
     "fad": ["fad/vggish"],
     "fd_panns": ["fd/panns-cnn14-16k"],
+    "fad_audioclip": ["fad/audioclip-mmdiffusion"],
     "clap": ["clap/laion-clap"],
     "ib": ["ib_av/imagebind-huge", "ib_tv/imagebind-huge", "ib_ta/imagebind-huge"],
     "ib_av": ["ib_av/imagebind-huge"],
@@ -71,7 +73,6 @@ IB_PAIRS = {
 }
 NOT_IMPLEMENTED = {
     "desync": "DeSync (Synchformer, MMAudio's av-benchmark)",
-    "fad_audioclip": "FAD on AudioCLIP embeddings x 1e4 (MM-Diffusion, JavisBench)",
 }
 
 
@@ -196,6 +197,14 @@ class MetricSuite:
             net = Cnn14()
             load_into(net, load_state_dict(path), str(path))
             return net.eval().to(self.device)
+        if name == "audioclip":
+            from mmdisco.metrics.audioclip import AudioCLIPAudio
+
+            state = load_state_dict(path)
+            audio = {k[6:]: v for k, v in state.items() if k.startswith("audio.")}
+            net = AudioCLIPAudio()
+            load_into(net, audio or state, str(path))  # the full model, or the audio branch alone
+            return net.eval().to(self.device)
         if name == "i3d_torchscript":
             return torch.jit.load(str(path), map_location=self.device).eval()
         if name == "imagebind":
@@ -269,10 +278,22 @@ class MetricSuite:
             out.append(net(x).float().cpu())
         return torch.cat(out).numpy()
 
+    @torch.no_grad()
+    def _audioclip(self, paths: list[Path]) -> np.ndarray:
+        from mmdisco.metrics.audioclip import prepare
+
+        net, out = self.network("audioclip"), []
+        for batch in self._bar(list(_batches(paths, self.cfg.batch_size)), "AudioCLIP"):
+            clips = [read_video_with_audio(p) for p in batch]
+            x = torch.from_numpy(np.stack([prepare(c[2], c[3]) for c in clips]))
+            out.append(net(x.to(self.device)).float().cpu())  # raw, unnormalised (MM-Diffusion)
+        return torch.cat(out).numpy()
+
     def features(self, protocol: str, paths: list[Path]) -> np.ndarray:
         network = PROTOCOLS[protocol][1]
         compute = {"i3d400": self._i3d400, "i3d_torchscript": self._stylegan_v,
-                   "vggish": self._vggish, "panns_cnn14_16k": self._panns}[network]  # fmt: skip
+                   "vggish": self._vggish, "panns_cnn14_16k": self._panns,
+                   "audioclip": self._audioclip}[network]  # fmt: skip
 
         def run():
             with full_fp32():
@@ -363,8 +384,10 @@ class MetricSuite:
             fake, real = self.features(p, paths), self.features(p, ref_paths)
             if kind == "kvd":
                 out[p] = polynomial_mmd(fake, real)
-            else:
-                out[p] = frechet_distance_features(fake, real, method=kind.split("-")[1])
+            else:  # fd-<method>[-x<scale>]
+                _, method, *scale = kind.split("-")
+                fd = frechet_distance_features(fake, real, method=method)
+                out[p] = fd * (float(scale[0][1:]) if scale else 1.0)
         if "clap/laion-clap" in protocols:
             out["clap/laion-clap"] = float(np.mean(self._clap(paths)))
         ib = [p for p in protocols if p in IB_PAIRS]

@@ -61,6 +61,14 @@ NETWORKS = {
             "fd/panns-cnn14-16k",
         ),
         FeatureNetwork(
+            "audioclip",
+            "AudioCLIP-Full-Training.pt",
+            "state_dict",
+            "https://github.com/AndreyGuzhov/AudioCLIP/releases/download/v0.1/"
+            "AudioCLIP-Full-Training.pt (MM-Diffusion's evaluations/AudioCLIP/get_embedding.py)",
+            "fad/audioclip-mmdiffusion",
+        ),
+        FeatureNetwork(
             "imagebind",
             "imagebind_huge.pth",
             "state_dict",
