@@ -177,42 +177,38 @@ class MetricSuite:
             self._nets[name] = self._load(name)
         return self._nets[name]
 
+    def _loaded(self, net: torch.nn.Module, state: dict, path: Path, assign: bool = False):
+        load_into(net, state, str(path), assign=assign)
+        return net.eval().to(self.device)
+
     def _load(self, name: str):
         path = self._path(name)
+        if name == "i3d_torchscript":
+            return torch.jit.load(str(path), map_location=self.device).eval()
         if name == "i3d400":
             from mmdisco.metrics.i3d import InceptionI3d
 
-            net = InceptionI3d()
-            load_into(net, load_state_dict(path), str(path))
-            return net.eval().to(self.device)
+            return self._loaded(InceptionI3d(), load_state_dict(path), path)
         if name == "vggish":
             from mmdisco.metrics.vggish import VGGish
 
-            net = VGGish()
-            load_into(net, load_state_dict(path), str(path))
-            return net.eval().to(self.device)
+            return self._loaded(VGGish(), load_state_dict(path), path)
         if name == "panns_cnn14_16k":
             from mmdisco.metrics.panns import Cnn14
 
-            net = Cnn14()
-            load_into(net, load_state_dict(path), str(path))
-            return net.eval().to(self.device)
+            return self._loaded(Cnn14(), load_state_dict(path), path)
         if name == "audioclip":
             from mmdisco.metrics.audioclip import AudioCLIPAudio
 
             state = load_state_dict(path)
             audio = {k[6:]: v for k, v in state.items() if k.startswith("audio.")}
-            net = AudioCLIPAudio()
-            load_into(net, audio or state, str(path))  # the full model, or the audio branch alone
-            return net.eval().to(self.device)
-        if name == "i3d_torchscript":
-            return torch.jit.load(str(path), map_location=self.device).eval()
+            return self._loaded(AudioCLIPAudio(), audio or state, path)  # full model or branch
         if name == "imagebind":
             from mmdisco.metrics.imagebind import ImageBind, ImageBindConfig, select_state
 
-            net = ImageBind(ImageBindConfig(**(self.cfg.imagebind or {})))
-            load_into(net, select_state(load_state_dict(path)), str(path))
-            return net.eval().to(self.device)
+            with torch.device("meta"):  # 1.1B parameters: no random init, the file's tensors
+                net = ImageBind(ImageBindConfig(**(self.cfg.imagebind or {})))
+            return self._loaded(net, select_state(load_state_dict(path)), path, assign=True)
         if name == "imagebind_bpe":
             from mmdisco.metrics.imagebind_data import BPETokenizer
 

@@ -142,9 +142,12 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Strict load; only BatchNorm's ``num_batches_tracked`` may be absent (old checkpoints)."""
-    result = module.load_state_dict(state, strict=False)
+def load_into(
+    module: torch.nn.Module, state: dict[str, torch.Tensor], source: str, assign: bool = False
+) -> None:
+    """Strict load; only BatchNorm's ``num_batches_tracked`` may be absent (old checkpoints).
+    ``assign`` takes the checkpoint's tensors as they are (a module built on the meta device)."""
+    result = module.load_state_dict(state, strict=False, assign=assign)
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
     if missing or result.unexpected_keys:
         raise ValueError(
