@@ -11,7 +11,8 @@ discriminator=synthetic sampler=ddim``):
    mp4s with sound in ``outputs/demo/unguided/`` and ``outputs/demo/guided/`` (the same file
    name = the same initial noise);
 3. ``evaluate.py``: decodes class and onset from each mp4's frames and sound alone and prints
-   validity, semantic / temporal agreement and AV-Align, unguided vs guided;
+   validity, semantic / temporal agreement and AV-Align, unguided vs guided; writes the table
+   (``evaluation.md`` / ``.json``), the bar chart ``evaluation.png`` and ``report.html``;
 4. ``outputs/demo/pairs.png``: frames + spectrogram of the first unguided and guided pairs.
 
     python scripts/demo.py [num_samples=64] [extra train.py overrides, e.g. train.steps=300]
@@ -58,6 +59,7 @@ def main(argv: list[str]) -> None:
         t0 = t
     print(f"\ndemo done in {time.time() - start:.0f} s ({', '.join(times)}); "
           f"clips in {RUN}/unguided and {RUN}/guided, figure {RUN / 'pairs.png'}")  # fmt: skip
+    print(f"report: {RUN / 'report.html'}")
 
 
 if __name__ == "__main__":

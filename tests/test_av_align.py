@@ -89,3 +89,38 @@ def test_real_pairs_score_higher_than_time_shifted_ones(tmp_path):
     assert shifted_result["av_align"] == 0.0 < real_result["av_align"]
     assert A.av_align_folder(real, progress=False) == pytest.approx(real_result["av_align"])
     assert A.av_align_file(real / "000.mp4") == per_clip[0]
+
+
+# -- the MMDisCo paper's protocol (appendix A.10.1) -------------------------------------------
+@pytest.mark.parametrize(
+    "audio, video, expected",
+    [
+        ([0.5, 0.52], [0.5], 2 / (2 + 1 - 2)),  # both audio peaks match one video peak: 2.0
+        ([0.05, 0.2], [0.1, 0.0], 2 / (2 + 2 - 2)),  # the first in-range video peak, reused
+        ([0.1, 0.5, 0.9], [0.12, 0.45, 0.7], 2 / (3 + 3 - 2)),  # as one-to-one here
+    ],
+)
+def test_paper_matching_allows_one_to_many(audio, video, expected):
+    assert A.peak_iou(audio, video, 8, one_to_one=False) == pytest.approx(expected)
+
+
+def test_paper_protocol_settings():
+    p = A.protocol("mmdisco-a10.1")
+    assert p.hop_length / p.sample_rate == pytest.approx(0.096)  # the paper's 96 ms interval
+    assert A.protocol("tempotokens-2025").hop_length == 512
+    # no flow threshold in the 2024 reference: a weak motion peak counts
+    np.testing.assert_allclose(A.local_peaks([0.0, 0.05, 0.0], 8, p.threshold), [1 / 8])
+    with pytest.raises(ValueError, match="unknown AV-Align variant"):
+        A.protocol("tempotokens")
+
+
+@pytest.mark.parametrize("onset", [2, 4, 6])
+def test_paper_protocol_on_rendered_clips(onset):
+    frames, audio = W.render_clip(1, onset, (15, 15))
+    peaks = A.detect_audio_peaks(audio, 16_000, 16_000, 1536)
+    # onset times are whole multiples of the 96 ms hop, one of them within a frame of the onset
+    np.testing.assert_allclose(peaks / 0.096, np.round(peaks / 0.096), atol=1e-9)
+    assert abs(peaks[0] - onset / 8) < 1 / 8
+    # (the coarse hop may add a spurious onset at the clip's end, 1 s: onset 6 gets 0.96 s)
+    expected = 1 / len(peaks)  # one video peak, matched by the first audio peak
+    assert A.av_align_score(frames, 8, audio, 16_000, variant="mmdisco-a10.1") == expected

@@ -1,6 +1,12 @@
-"""Metrics of generated pairs, chosen by the run's data set (metrics depend on data, never the
-reverse): the toy's exact-density scores of a ``samples.npz``; the synthetic world's decoded
-class / onset agreement (and AV-Align) over a folder of mp4s."""
+"""Metrics of generated pairs (metrics depend on data, never the reverse).
+
+- Chosen by the run's data set (:func:`evaluate`): the toy's exact-density scores of a
+  ``samples.npz``; the synthetic world's decoded class / onset agreement (and AV-Align) over a
+  folder of mp4s.
+- The paper's suite over any folders of mp4s (:mod:`mmdisco.metrics.suite`): feature-set
+  distances (:func:`frechet_distance`, :func:`polynomial_mmd`) over the paper's feature
+  networks, CLAP, ImageBind and AV-Align, each output named by its protocol.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,25 @@ import os
 
 from mmdisco.data.paired import SyntheticPairs
 from mmdisco.data.toy import ToyPairs
+from mmdisco.metrics.frechet import feature_stats, frechet_distance, polynomial_mmd
 from mmdisco.metrics.synthetic import evaluate_folder
 from mmdisco.metrics.synthetic import format_table as synthetic_table
 from mmdisco.metrics.toy import evaluate_npz
+
+__all__ = [
+    "evaluate",
+    "feature_stats",
+    "format_table",
+    "frechet_distance",
+    "has_metrics",
+    "polynomial_mmd",
+    "scalar_table",
+]
+
+
+def has_metrics(data) -> bool:
+    """Whether the data set has metrics of its own (:func:`evaluate`)."""
+    return isinstance(data, (ToyPairs, SyntheticPairs))
 
 
 def evaluate(data, path: str | os.PathLike, **options) -> dict:

@@ -19,6 +19,20 @@ github.com/guyyariv/TempoTokens as of its Feb 2025 update): the IoU of audio and
 - Edge case the reference leaves undefined (it divides by zero): no peak in either modality
   scores 0.0 (no evidence of alignment).
 
+Two protocols, named in every output (``VARIANTS``):
+
+- ``tempotokens-2025`` (default, above): the reference as of Feb 2025.
+- ``mmdisco-a10.1``: the MMDisCo paper's modified protocol (its appendix A.10.1, the numbers of
+  its Table 13): the reference as it was in 2024 (commit 34d9502: no flow threshold, and every
+  audio peak with a video peak within one frame counts, so several audio peaks may match the
+  same video peak (the paper's Eq. 38) and the score can exceed 1), with the onset detection
+  interval raised from 32 ms to 96 ms for 8 fps videos: audio at 16 kHz (MMDisCo's rate, where
+  librosa's hop of 512 samples is the paper's 32 ms) and an onset hop of 1536 samples (96 ms).
+  Doubts: the paper gives the interval, not the code; "interval" is read here as the onset
+  envelope's hop length. Its Eq. 37 (lost in our text copy) also counts "valid" peaks, those
+  "within three frames" of a peak of the other modality; that equation is not implemented:
+  the matching window here is the reference's one frame (Eq. 38).
+
 Differences of input only: the reference reads the frames with OpenCV (BGR -> grey) and the
 audio from a separate wav; here both come from the one mp4 through ``mmdisco.media`` (RGB ->
 grey, the same luma weights). This module needs the ``eval`` extras (OpenCV, librosa).
@@ -27,6 +41,7 @@ grey, the same luma weights). This module needs the ``eval`` extras (OpenCV, lib
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -42,15 +57,40 @@ FLOW_THRESHOLD = 0.1  # minimum mean flow magnitude (px / frame) of a video peak
 FARNEBACK_PARAMS = (0.5, 3, 15, 3, 5, 1.2, 0)
 
 
-def detect_audio_peaks(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Onset times (s) of (N,) or (C, N) audio by librosa onset detection at 22050 Hz."""
+@dataclass(frozen=True)
+class AVAlignProtocol:
+    sample_rate: int  # audio rate of onset detection
+    hop_length: int  # onset envelope hop (samples): the onset detection interval
+    threshold: float  # minimum flow magnitude of a video peak (0: none)
+    one_to_one: bool  # a video peak matches at most one audio peak
+
+
+VARIANTS = {
+    "tempotokens-2025": AVAlignProtocol(AUDIO_SAMPLE_RATE, 512, FLOW_THRESHOLD, True),
+    "mmdisco-a10.1": AVAlignProtocol(16_000, 1536, 0.0, False),  # paper A.10.1, 96 ms
+}
+DEFAULT_VARIANT = "tempotokens-2025"
+
+
+def protocol(variant: str) -> AVAlignProtocol:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown AV-Align variant {variant!r}; known: {sorted(VARIANTS)}")
+    return VARIANTS[variant]
+
+
+def detect_audio_peaks(
+    audio: np.ndarray, sample_rate: int, target_rate: int = AUDIO_SAMPLE_RATE, hop_length: int = 512
+) -> np.ndarray:
+    """Onset times (s) of (N,) or (C, N) audio by librosa onset detection at target_rate."""
     y = np.asarray(audio, dtype=np.float32)
     y = y.mean(axis=0) if y.ndim == 2 else y
-    if sample_rate != AUDIO_SAMPLE_RATE:
-        y = librosa.resample(y, orig_sr=sample_rate, target_sr=AUDIO_SAMPLE_RATE)
-    envelope = librosa.onset.onset_strength(y=y, sr=AUDIO_SAMPLE_RATE)
-    frames = librosa.onset.onset_detect(onset_envelope=envelope, sr=AUDIO_SAMPLE_RATE)
-    return librosa.frames_to_time(frames, sr=AUDIO_SAMPLE_RATE)
+    if sample_rate != target_rate:
+        y = librosa.resample(y, orig_sr=sample_rate, target_sr=target_rate)
+    envelope = librosa.onset.onset_strength(y=y, sr=target_rate, hop_length=hop_length)
+    frames = librosa.onset.onset_detect(
+        onset_envelope=envelope, sr=target_rate, hop_length=hop_length
+    )
+    return librosa.frames_to_time(frames, sr=target_rate, hop_length=hop_length)
 
 
 def flow_magnitude(prev: np.ndarray, curr: np.ndarray) -> float:
@@ -77,18 +117,23 @@ def local_peaks(trajectory: np.ndarray, fps: float, threshold: float = FLOW_THRE
     return i[keep] / fps
 
 
-def detect_video_peaks(frames: np.ndarray, fps: float) -> np.ndarray:
+def detect_video_peaks(
+    frames: np.ndarray, fps: float, threshold: float = FLOW_THRESHOLD
+) -> np.ndarray:
     """Peak times (s) of the optical-flow trajectory of (F, H, W, 3) uint8 RGB frames."""
-    return local_peaks(flow_trajectory(frames), fps)
+    return local_peaks(flow_trajectory(frames), fps, threshold)
 
 
-def peak_iou(audio_peaks, video_peaks, fps: float) -> float:
-    """Greedy one-to-one matching within one frame (strict), then matches / union."""
+def peak_iou(audio_peaks, video_peaks, fps: float, one_to_one: bool = True) -> float:
+    """Greedy matching within one frame (strict), then matches / union.
+
+    one_to_one=False is the 2024 reference (the MMDisCo paper's Eq. 38): a video peak may
+    match several audio peaks, so the score can exceed 1."""
     used = [False] * len(video_peaks)
     matches = 0
     for a in audio_peaks:
         for j, v in enumerate(video_peaks):
-            if not used[j] and v - 1.0 / fps < a < v + 1.0 / fps:
+            if not (one_to_one and used[j]) and v - 1.0 / fps < a < v + 1.0 / fps:
                 used[j] = True
                 matches += 1
                 break
@@ -96,22 +141,32 @@ def peak_iou(audio_peaks, video_peaks, fps: float) -> float:
     return matches / union if union else 0.0
 
 
-def av_align_score(frames: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int) -> float:
+def av_align_score(
+    frames: np.ndarray,
+    fps: float,
+    audio: np.ndarray,
+    sample_rate: int,
+    variant: str = DEFAULT_VARIANT,
+) -> float:
     """AV-Align of one clip: frames (F, H, W, 3) uint8 RGB at fps, audio (N,) or (C, N)."""
-    audio_peaks = detect_audio_peaks(audio, sample_rate)
-    return peak_iou(audio_peaks, detect_video_peaks(frames, fps), fps)
+    p = protocol(variant)
+    audio_peaks = detect_audio_peaks(audio, sample_rate, p.sample_rate, p.hop_length)
+    video_peaks = detect_video_peaks(frames, fps, p.threshold)
+    return peak_iou(audio_peaks, video_peaks, fps, p.one_to_one)
 
 
-def av_align_file(path: str | os.PathLike) -> float:
+def av_align_file(path: str | os.PathLike, variant: str = DEFAULT_VARIANT) -> float:
     """AV-Align of one mp4 with sound (native fps and sample rate)."""
     frames, fps, audio, sr = read_video_with_audio(path, mono=True)
-    return av_align_score(frames, fps, audio, sr)
+    return av_align_score(frames, fps, audio, sr, variant)
 
 
-def av_align_folder(folder: str | os.PathLike, progress: bool = True) -> float:
+def av_align_folder(
+    folder: str | os.PathLike, progress: bool = True, variant: str = DEFAULT_VARIANT
+) -> float:
     """Mean AV-Align over the *.mp4 files of a folder (the reference's summary)."""
     paths = sorted(Path(folder).glob("*.mp4"))
     if not paths:
         raise FileNotFoundError(f"no *.mp4 in {folder}")
-    bar = tqdm(paths, desc=f"AV-Align {Path(folder).name}", disable=not progress)
-    return float(np.mean([av_align_file(p) for p in bar]))
+    bar = tqdm(paths, desc=f"AV-Align ({variant}) {Path(folder).name}", disable=not progress)
+    return float(np.mean([av_align_file(p, variant) for p in bar]))
