@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from mmdisco.faults import discard_if_damaged
 from mmdisco.io import load_module, load_tensors, save_tensors
 from mmdisco.sampling import JointSampler
 
@@ -101,6 +102,7 @@ def sample_in_batches(
 
 def fake_pairs(bases, fake_cfg, sampler_cfg, path: Path, seed: int, device, progress=True):
     """Pairs sampled independently from the bases, once; cached in ``path`` (safetensors)."""
+    discard_if_damaged(path)  # torn from outside: sampled again below
     if path.exists():
         return load_tensors(path)
     sampler = JointSampler(bases, None, **fake_sampler_kwargs(sampler_cfg))

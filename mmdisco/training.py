@@ -42,8 +42,10 @@ from tqdm.auto import tqdm
 
 from mmdisco.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from mmdisco.data.latents import TensorPairs, collate_pairs
+from mmdisco.faults import NonFiniteGuard, discard_if_damaged
 from mmdisco.guidance import MODALITIES
 from mmdisco.io import load_tensors, save_module, save_tensors
+from mmdisco.runlock import RunLock
 from mmdisco.runs import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -155,7 +157,7 @@ class Meter:
         flat = accelerator.reduce(flat, reduction="sum").cpu()
         sizes = [self.sums[k].numel() for k in names]
         s = dict(zip(names, torch.split(flat, sizes)))
-        per_step = s["steps"].item()  # steps x processes: the loss terms are process means
+        per_step = s["steps"].item() or math.nan  # steps x processes (none: all skipped)
         row = {k: s[k].item() / per_step for k in ("loss", "l_d", "l_dsm")}
         for name in ("real", "fake"):
             row[f"acc_{name}"] = s[f"{name}_ok"].sum().item() / max(s[f"{name}_n"].sum().item(), 1)
@@ -286,6 +288,7 @@ def real_dataset(data, bases, cfg: DictConfig, accelerator: Accelerator) -> Data
         return ShardedPairs(path)
     path = Path(cfg.run_dir) / "real_pairs.safetensors"
     with accelerator.main_process_first():
+        discard_if_damaged(path)  # torn from outside: recomputed below
         if not path.exists() and accelerator.is_main_process:
             save_tensors(path, data.real_pairs(bases))
         return TensorPairs(load_tensors(path))
@@ -365,6 +368,7 @@ def train(cfg: DictConfig) -> Path:
     check_train_config(tc, world)
     main = accelerator.is_main_process
     run_dir = Path(cfg.run_dir)
+    lock = RunLock(run_dir).acquire() if main else None  # one writer per run dir
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
@@ -391,6 +395,7 @@ def train(cfg: DictConfig) -> Path:
     accelerator.unwrap_model(disc, keep_fp32_wrapper=False)  # autocast only where the loss says
     if accelerator.scaler is not None and "scaler" in extra:
         accelerator.scaler.load_state_dict(extra["scaler"])
+    guard = NonFiniteGuard(tc.get("nonfinite", "stop"), accelerator, ckpt, not accelerator.scaler)
 
     pin = device.type == "cuda"
     loaders = [
@@ -420,10 +425,14 @@ def train(cfg: DictConfig) -> Path:
         opt.zero_grad(set_to_none=True)
         accelerator.backward(terms["loss"])
         grad_norm = accelerator.clip_grad_norm_(disc.parameters(), tc.grad_clip or math.inf)
+        skip = guard.skip(step, terms, grad_norm)  # NaN / Inf: stop here, or skip the update
+        if skip:
+            opt.zero_grad(set_to_none=True)  # Adam leaves parameters without a gradient alone
         opt.step()
-        if ema is not None:
+        if ema is not None and not skip:
             ema.update(accelerator.unwrap_model(disc))
-        meter.add(terms, torch.as_tensor(grad_norm, device=device))
+        if not skip:
+            meter.add(terms, torch.as_tensor(grad_norm, device=device))
         bar.update(1)
 
         done = step + 1
@@ -433,6 +442,7 @@ def train(cfg: DictConfig) -> Path:
             row["lr"] = opt.param_groups[0]["lr"]
             row["pairs_per_s"] = 2 * tc.batch_size * (done - tick_step) / elapsed
             tick, tick_step = time.perf_counter(), done
+            guard.log_into(row)
             if main:
                 logs.write(done, row)
                 bar.set_postfix({k: f"{row[k]:.3f}" for k in ("l_d", "l_dsm", "acc_real")})
@@ -450,7 +460,10 @@ def train(cfg: DictConfig) -> Path:
                 barrier=accelerator.wait_for_everyone,
             )
     bar.close()
-    return finish(accelerator, disc, ema, run_dir, logs)
+    weights = finish(accelerator, disc, ema, run_dir, logs)
+    if lock is not None:
+        lock.release()
+    return weights
 
 
 def finish(accelerator: Accelerator, disc, ema: EMA | None, run_dir: Path, logs) -> Path:

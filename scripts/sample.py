@@ -17,12 +17,14 @@ Data-space bases (the toy): ``samples.npz`` (one array per modality) and a scatt
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import hydra
 import numpy as np
 from omegaconf import DictConfig
 
+from mmdisco.io import atomic_savez, atomic_write_bytes
 from mmdisco.plots import toy_scatter
 from mmdisco.runs import (
     load_run,
@@ -48,10 +50,11 @@ def main(cfg: DictConfig) -> None:
         out = Path(cfg.run_dir) / (cfg.out or ("guided" if cfg.guided else "unguided"))
         write_mp4s(run.bases, samples, out, cfg.progress)
         if prompts is not None:  # which prompt made which file
-            with open(out / "prompts.csv", "w", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow(["file", "prompt"])
-                writer.writerows((f"{i:05d}.mp4", p) for i, p in enumerate(prompts))
+            text = io.StringIO()
+            writer = csv.writer(text)
+            writer.writerow(["file", "prompt"])
+            writer.writerows((f"{i:05d}.mp4", p) for i, p in enumerate(prompts))
+            atomic_write_bytes(out / "prompts.csv", text.getvalue().encode())
     else:
         out = Path(cfg.run_dir) / (
             cfg.out or ("samples.npz" if cfg.guided else "samples_nojoint.npz")
@@ -88,7 +91,7 @@ def write_mp4s(bases, samples, out: Path, progress: bool) -> None:
 
 def write_npz(run, samples, out: Path, title: str) -> None:
     arrays = {m: x.numpy() for m, x in samples.items()}
-    np.savez(out, **arrays)
+    atomic_savez(out, arrays)  # a kill or a full disk leaves no torn samples.npz
     print(f"wrote {out} " + " ".join(f"{m}{tuple(a.shape)}" for m, a in arrays.items()))
     if all(a.ndim == 2 and a.shape[1] == 1 for a in arrays.values()):
         pts = np.concatenate([arrays["audio"], arrays["video"]], axis=1)

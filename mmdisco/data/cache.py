@@ -34,13 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from mmdisco.bases.protocol import Condition
 from mmdisco.data.folder import collate_clips
+from mmdisco.faults import open_safetensors, repair_cache
 from mmdisco.io import atomic_write_json, save_tensors
 
 CACHE_VERSION = 1
@@ -121,6 +121,7 @@ def build_shards(
     """Write this rank's missing shards with ``make_shard(s) -> (tensors, meta)``, then the
     index when every shard exists. Returns ``out_dir``; a finished cache is left untouched."""
     out_dir = Path(out_dir)
+    repair_cache(out_dir)  # damaged shards (from outside) are deleted here and rebuilt below
     if (out_dir / INDEX_FILE).exists():
         return out_dir
     rank, world_size = resolve_ranks(rank, world_size, accelerator)
@@ -142,7 +143,7 @@ def build_shards(
 
 
 def read_shard_meta(path: Path) -> dict:
-    with safe_open(str(path), framework="pt") as f:
+    with open_safetensors(path) as f:
         return json.loads(f.metadata()["meta"])
 
 
@@ -246,6 +247,7 @@ def cache_real_latents(
     if shard_size < 1 or batch_size < 1:
         raise ValueError(f"shard_size and batch_size must be >= 1, got {shard_size}, {batch_size}")
     out_dir = real_cache_dir(data, bases, cache_dir, base_config)
+    repair_cache(out_dir)  # damaged shards (from outside) are deleted and rebuilt
     if (out_dir / INDEX_FILE).exists():
         _note_cached_skips(data, out_dir)
         return out_dir
@@ -356,7 +358,7 @@ class ShardedPairs(Dataset):
         if s in self._open:
             self._open.move_to_end(s)
             return self._open[s]
-        handle = safe_open(str(self.path / shard_name(s)), framework="pt")
+        handle = open_safetensors(self.path / shard_name(s))
         self._open[s] = handle
         if len(self._open) > self.max_open_shards:
             self._open.popitem(last=False)
@@ -392,7 +394,7 @@ class ShardedPairs(Dataset):
         for s, n in enumerate(self.counts):
             if n == 0:
                 continue
-            with safe_open(str(self.path / shard_name(s)), framework="pt") as f:
+            with open_safetensors(self.path / shard_name(s)) as f:
                 t = {k: f.get_tensor(k) for k in f.keys()}
             rows = t.pop("caption_index", None)
             for k, v in t.items():
