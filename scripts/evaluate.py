@@ -22,6 +22,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mmdisco.io import atomic_write_json
 from mmdisco.runs import CONFIG_FILE
+from mmdisco.validate import validate_evaluate
 
 
 def format_results(results: dict[str, dict]) -> str:
@@ -45,6 +46,7 @@ def format_results(results: dict[str, dict]) -> str:
 
 @hydra.main(config_path="../configs", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    validate_evaluate(cfg)  # every value and path, before any heavy work (mmdisco.validate)
     run_dir = Path(cfg.run_dir)
     if not (run_dir / CONFIG_FILE).exists():
         raise FileNotFoundError(

@@ -34,10 +34,12 @@ from mmdisco.runs import (
     setup_torch,
 )
 from mmdisco.sampling import JointSampler
+from mmdisco.validate import validate_sample
 
 
 @hydra.main(config_path="../configs", config_name="sample", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    validate_sample(cfg)  # every value and path, before any heavy work (mmdisco.validate)
     device = setup_torch(cfg.device, cfg.threads)
     run = load_run(cfg.run_dir, device, with_discriminator=cfg.guided)
     kwargs = {**sampler_kwargs(run.cfg.sampler), **sampler_kwargs(cfg.sampler)}

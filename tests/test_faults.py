@@ -13,7 +13,7 @@ import sys
 
 import pytest
 import torch
-from fault_child import run
+from fault_child import ROOT, run
 from test_training import read_csv, run_args
 
 from mmdisco.checkpoint import PREV, load_checkpoint, save_checkpoint
@@ -260,3 +260,51 @@ def test_read_only_output_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="Read-only file system"):
         save_tensors(tmp_path / "w.safetensors", {"a": torch.ones(1)})
     assert os.listdir(tmp_path) == []
+
+
+# -- config validation ----------------------------------------------------------------------------
+def _compose(name: str, overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        return compose(name, overrides)
+
+
+def test_every_bad_value_is_one_line_naming_its_key(tmp_path):
+    from mmdisco.validate import ConfigError, validate_train
+
+    for preset in ([], ["experiment=synthetic"]):
+        validate_train(_compose("train", [*preset, f"run_dir={tmp_path}/r"]))  # defaults pass
+    (tmp_path / "file").write_text("")
+    bad = {
+        "seed=-2": "seed: must be an integer >= 0, got -2",
+        "train.steps=0": "train.steps: must be an integer >= 1, got 0",
+        "train.lr=-1": "train.lr: must be a finite number in (0, inf), got -1",
+        "train.ema_decay=1.0": "train.ema_decay: must be a finite number in [0, 1) or null",
+        "train.nonfinite=maybe": "train.nonfinite: must be one of stop, skip, got 'maybe'",
+        "loss.cond_dropout=2": "loss.cond_dropout: must be a finite number in [0, 1], got 2",
+        "sampler.order=5": "sampler.order: must be one of 1, 2, 3, got 5",
+        "fake.shard_size=0": "fake.shard_size: must be an integer >= 1, got 0",
+        f"run_dir={tmp_path}/file": f"run_dir: {tmp_path}/file is a file, not a directory",
+        "base.pretrained=/nope/toy": "base.pretrained: directory /nope/toy not found",
+        "device=gpu": "device: must be auto, cpu or cuda[:N], got 'gpu'",
+    }
+    with pytest.raises(ConfigError) as info:
+        validate_train(_compose("train", list(bad)))
+    assert info.value.problems == [m for m in info.value.problems if m]
+    assert len(info.value.problems) == len(bad)
+    for expected in bad.values():
+        assert any(p.startswith(expected) for p in info.value.problems), expected
+    with pytest.raises(ConfigError, match="data.root: must be set.*\n.*data.csv: must be set"):
+        validate_train(_compose("train", ["base=auffusion_videocrafter2", "data=vggsound"]))
+
+
+def test_scripts_validate_before_any_heavy_work(toy_run, tmp_path):
+    proc = run("none", "train.py", f"run_dir={tmp_path}/r", "train.lr=0", check=False)
+    assert proc.returncode != 0 and "train.lr: must be a finite number" in proc.stderr
+    assert not (tmp_path / "r" / "config.yaml").exists()  # stopped before train() began
+    proc = run("none", "sample.py", f"run_dir={tmp_path}", "num_samples=0", check=False)
+    assert f"run_dir: {tmp_path / 'config.yaml'} not found" in proc.stderr
+    assert "num_samples: must be an integer >= 1, got 0" in proc.stderr
+    proc = run("none", "evaluate.py", f"run_dir={toy_run}", "samples=nope.npz", check=False)
+    assert f"samples: {toy_run / 'nope.npz'} not found: run scripts/sample.py" in proc.stderr
