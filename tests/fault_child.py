@@ -9,7 +9,6 @@ FAULT (several joined with ``+``):
   (``os.replace`` / ``os.rename`` / ``Path.rename``: every atomic writer ends with one) stops
   there, its temporary file cut to half its bytes: the state of a kill in the middle of writing
   that file. The child then touches ``$FAULT_FLAG`` and sleeps until killed.
-- ``slow:GLOB:SECONDS``  every rename onto a matching name sleeps afterwards (kills between files)
 - ``nan:TERM:K``  JointLoss's K-th call (0-based: training step K + 1) returns TERM (``l_d`` or
   ``l_dsm``) times NaN, and the loss built from it, so the NaN also reaches the gradient.
 
@@ -53,9 +52,6 @@ def _patch_renames(glob: str, on_match) -> None:
             if fnmatch.fnmatch(Path(dst).name, glob):
                 count[0] += 1
                 on_match(src, count[0])
-                out = rename(src, dst, *args, **kwargs)
-                on_match(None, count[0])
-                return out
             return rename(src, dst, *args, **kwargs)
 
         return renamed
@@ -72,9 +68,6 @@ def install(fault: str) -> None:
             _patch_renames(
                 glob, lambda src, n, k=k, f=flag: _stall(src, f) if src and n == k else None
             )
-        elif kind == "slow":
-            glob, seconds = args[0], float(args[1])
-            _patch_renames(glob, lambda src, n, s=seconds: time.sleep(s) if src is None else None)
         elif kind == "nan":
             _patch_loss(args[0], int(args[1]))
         elif kind != "none":

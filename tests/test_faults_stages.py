@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fault_child import kill_at_stall, run
+from fault_child import ROOT, kill_at_stall, run
 from test_fakes import CAPTIONS
 from test_fakes import OPTS as FAKE_OPTS
 from test_training import read_csv, run_args
@@ -177,3 +177,24 @@ def test_sampling_and_evaluation_killed_mid_file(trained, tmp_path):
     expected = (trained / "ref_metrics.json").read_bytes()
     assert (run_dir / "ref_metrics.json").read_bytes() == expected
     assert json.loads(expected)  # a complete JSON object
+
+
+def test_mp4_sampling_killed_mid_file(tmp_path):
+    """The synthetic world's sample.py (unguided: no trained D needed) killed while writing
+    its second mp4: the rerun writes the same bytes as an uninterrupted run."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", ["experiment=synthetic", f"cache_dir={tmp_path}/cache"])
+    args = ["guided=false", "num_samples=3", "batch_size=3", "sampler.num_steps=2", *SAMPLE[2:]]
+    for name in ("ref", "run"):
+        (tmp_path / name).mkdir()
+        OmegaConf.save(cfg, tmp_path / name / "config.yaml", resolve=True)
+    run("none", "sample.py", f"run_dir={tmp_path / 'ref'}", *args)
+    kill_at_stall(tmp_path, "stall:00001.mp4:1", "sample.py", f"run_dir={tmp_path / 'run'}", *args)
+    out = tmp_path / "run" / "unguided"
+    assert sorted(p.name for p in out.glob("*.mp4")) == ["00000.mp4"] and hidden_temps(out)
+    run("none", "sample.py", f"run_dir={tmp_path / 'run'}", *args)
+    assert visible_files(out) == visible_files(tmp_path / "ref" / "unguided")
+    assert len(visible_files(out)) == 3
