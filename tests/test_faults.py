@@ -111,6 +111,23 @@ def test_damaged_cache_shard_is_rebuilt_identically(tmp_path, caplog):
     assert {p.name: p.read_bytes() for p in path.iterdir()} == good
 
 
+def test_damaged_real_latent_shard_is_rebuilt_identically(tmp_path, caplog):
+    from tiny_pair_bases import synthetic_bases
+
+    from mmdisco.data.cache import cache_real_latents, shard_name
+    from mmdisco.data.paired import SyntheticPairs
+
+    data = SyntheticPairs(tmp_path / "data", num_clips=4, progress=False)
+    opts = dict(shard_size=2, batch_size=2, progress=False)
+    path = cache_real_latents(data, synthetic_bases(), tmp_path / "cache", **opts)
+    good = {p.name: p.read_bytes() for p in path.iterdir()}
+    truncate(path / shard_name(1))
+    with caplog.at_level("WARNING"):
+        cache_real_latents(data, synthetic_bases(), tmp_path / "cache", **opts)
+    assert f"{path / shard_name(1)} is damaged" in caplog.text
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == good
+
+
 def test_reading_a_torn_shard_names_it(tmp_path):
     from mmdisco.data.cache import ShardedPairs, build_shards, shard_name
 
