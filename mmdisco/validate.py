@@ -157,11 +157,6 @@ def _existing(c: Checks, key: str, kind: str = "any", base: Path | None = None) 
         c.fail(key, f"{what} {path} not found")
 
 
-def _looks_local(value: str) -> bool:
-    """A local directory rather than a hub id ("org/name")."""
-    return value.startswith(("/", ".", "~")) or value.count("/") > 1
-
-
 def _check_paths(c: Checks) -> None:
     _writable_dir(c, "run_dir")
     _writable_dir(c, "cache_dir")
@@ -170,11 +165,8 @@ def _check_paths(c: Checks) -> None:
     base = Path(str(root)).expanduser() if root not in (_UNSET, None) else None
     _existing(c, "data.csv", "file", base)
     _existing(c, "data.keep_list", "file")
-    for m in ("audio", "video", None):
-        key = f"base.{m}.pretrained" if m else "base.pretrained"
-        value = c.get(key)
-        if isinstance(value, str) and _looks_local(value):
-            _existing(c, key, "dir")
+    # base.*.pretrained: hub id or local dir; the bases load first and check_pretrained_dir
+    # (mmdisco.io) already names a missing dir with the files it needs and where to get them
 
 
 # -- per script ------------------------------------------------------------------------------------
@@ -201,8 +193,25 @@ def train_checks(cfg: DictConfig) -> Checks:
     if c.get("loss.bce") is False and c.get("loss.lambda_dsm") == 0:
         c.fail("loss.lambda_dsm", "is 0 with loss.bce=false: the loss is empty")
     _check_sampler(c, optional=False)
+    _check_data_and_bases(c)
     _check_paths(c)
     return c
+
+
+def _check_data_and_bases(c: Checks) -> None:
+    """The sizes and ranges the data and base presets share (absent keys are skipped)."""
+    for key in ("num_clips", "num_samples", "batch_size"):
+        c.integer(f"data.{key}", 1)
+    c.integer("data.max_clips", 1, optional=True)
+    c.number("data.duration", low=0, low_open=True)
+    c.number("data.start", low=0)
+    c.number("data.min_rms", low=0)
+    for key in ("train_steps", "batch_size", "num_train_timesteps"):
+        c.integer(f"base.{key}", 1)
+    c.number("base.lr", low=0, low_open=True)
+    for m in ("audio", "video"):
+        c.number(f"base.{m}.duration", low=0, low_open=True)
+        c.number(f"base.{m}.guidance_scale", low=0)
 
 
 def validate_train(cfg: DictConfig) -> None:

@@ -303,7 +303,7 @@ def test_every_bad_value_is_one_line_naming_its_key(tmp_path):
         "sampler.order=5": "sampler.order: must be one of 1, 2, 3, got 5",
         "fake.shard_size=0": "fake.shard_size: must be an integer >= 1, got 0",
         f"run_dir={tmp_path}/file": f"run_dir: {tmp_path}/file is a file, not a directory",
-        "base.pretrained=/nope/toy": "base.pretrained: directory /nope/toy not found",
+        "data.num_samples=0": "data.num_samples: must be an integer >= 1, got 0",
         "device=gpu": "device: must be auto, cpu or cuda[:N], got 'gpu'",
     }
     with pytest.raises(ConfigError) as info:
