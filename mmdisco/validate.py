@@ -263,4 +263,13 @@ def _run_dir(c: Checks) -> Path | None:
             f"with `python scripts/train.py run_dir={run_dir} ...`)",
         )
         return None
+    try:
+        OmegaConf.load(run_dir / CONFIG_FILE)
+    except Exception as e:  # yaml's errors have no common base class worth naming here
+        c.fail(
+            "run_dir",
+            f"{run_dir / CONFIG_FILE} is damaged ({type(e).__name__}): rerun "
+            f"`python scripts/train.py run_dir={run_dir}` with the run's overrides to rewrite it",
+        )
+        return None
     return run_dir

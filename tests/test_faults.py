@@ -325,3 +325,6 @@ def test_scripts_validate_before_any_heavy_work(toy_run, tmp_path):
     assert "num_samples: must be an integer >= 1, got 0" in proc.stderr
     proc = run("none", "evaluate.py", f"run_dir={toy_run}", "samples=nope.npz", check=False)
     assert f"samples: {toy_run / 'nope.npz'} not found: run scripts/sample.py" in proc.stderr
+    (tmp_path / "config.yaml").write_text("base:\n  _target_: [unclosed")  # torn YAML
+    proc = run("none", "sample.py", f"run_dir={tmp_path}", check=False)
+    assert f"run_dir: {tmp_path / 'config.yaml'} is damaged" in proc.stderr
