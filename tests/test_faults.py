@@ -180,6 +180,7 @@ def test_nonfinite_loss_stops_with_the_step_and_term(toy_run, cache, tmp_path, t
     assert "train.nonfinite=skip" in message
     state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
     assert state["step"] == 10 and not (tmp_path / "discriminator.safetensors").exists()
+    assert not (tmp_path / ".lock").exists()  # released on the way out
     reference = load_tensors(toy_run / f"checkpoint{PREV}" / "model.safetensors")  # step 10
     assert same(load_tensors(tmp_path / "checkpoint" / "model.safetensors"), reference)
 
