@@ -6,9 +6,10 @@
 
 The lock file is created with O_CREAT | O_EXCL (atomic: of two processes exactly one creates
 it). A lock whose pid is dead on this host is stale (its owner was killed): it is taken over,
-and a warning says so. A lock from another host cannot be checked from here and is never
-taken over: the message says how to remove it by hand. The same process may acquire the lock
-of a run directory again (e.g. ``train`` called twice from a notebook).
+and a warning says so; so is one whose pid is a zombie or was reused by a later process (the
+lock records the owner's start time). A lock from another host cannot be checked from here
+and is never taken over: the message says how to remove it by hand. The same process may
+acquire the lock of a run directory again (e.g. ``train`` called twice from a notebook).
 """
 
 from __future__ import annotations
@@ -31,10 +32,34 @@ class RunLockedError(RuntimeError):
     """The run directory is in use by another live process."""
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host (a zombie counts as alive)."""
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks) of a Linux process; None without /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return ("X", -1) if Path("/proc/self/stat").exists() else None
+    except OSError:
+        return None
+    rest = stat[stat.rindex(")") + 2 :].split()  # fields 3.. (the name may hold spaces)
+    return rest[0], int(rest[19])
+
+
+def process_start(pid: int | None = None) -> int | None:
+    """The start time of ``pid`` (this process by default) in clock ticks since boot (Linux)."""
+    stat = _proc_stat(os.getpid() if pid is None else pid)
+    return None if stat is None or stat[1] < 0 else stat[1]
+
+
+def pid_alive(pid: int, start: int | None = None) -> bool:
+    """Whether process ``pid`` runs on this host: a zombie (killed, not yet reaped by its
+    parent, as the ranks of a killed launcher in a container) is dead, and so is a pid reused
+    by a process started at another time than ``start``."""
     if pid <= 0:
         return False
+    stat = _proc_stat(pid)
+    if stat is not None:
+        state, started = stat
+        return state not in "ZXx" and (start is None or started == start)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -51,7 +76,12 @@ class RunLock:
         self.held = False
 
     def _owner_record(self) -> dict:
-        return {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        return {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.time(),
+            "start": process_start(),  # tells a reused pid from the owner
+        }
 
     def _create(self) -> bool:
         """Create the lock file atomically; False if it exists already."""
@@ -90,7 +120,7 @@ class RunLock:
             if not owner and time.time() - self.path.stat().st_mtime < 5:
                 time.sleep(0.1)  # being written by its creator this instant
                 continue
-            if owner and not (here and not pid_alive(pid)):
+            if owner and not (here and not pid_alive(pid, owner.get("start"))):
                 raise RunLockedError(self._in_use(owner))
             self._take_over(owner)
         raise RunLockedError(f"could not take the lock {self.path}: other processes race for it")

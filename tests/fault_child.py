@@ -104,38 +104,94 @@ def main() -> None:
 
 
 # -- parent side --------------------------------------------------------------------------------
-def command(fault: str, script: str, *args: str) -> list[str]:
+def command(fault: str, script: str, *args: str, procs: int = 1) -> list[str]:
+    """The child's command line; ``procs`` > 1: that many processes under torchrun (gloo)."""
     target = script if script == "-c" else str(ROOT / "scripts" / script)
-    return [sys.executable, str(Path(__file__).resolve()), fault, target, *args]
+    launcher = [sys.executable]
+    if procs > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"]
+    return [*launcher, str(Path(__file__).resolve()), fault, target, *args]
 
 
-def run(fault: str, script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def run(
+    fault: str, script: str, *args: str, check: bool = True, procs: int = 1
+) -> subprocess.CompletedProcess:
     """Run ``script`` with ``fault`` to its end; with ``check`` a failure shows its output."""
     proc = subprocess.run(
-        command(fault, script, *args), cwd=ROOT, env=ENV, capture_output=True, text=True
-    )
+        command(fault, script, *args, procs=procs),
+        cwd=ROOT, env=ENV, capture_output=True, text=True,
+    )  # fmt: skip
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
 
 
-def kill_at_stall(tmp: Path, fault: str, script: str, *args: str, timeout: float = 240) -> None:
-    """Start ``script`` with a ``stall:`` fault, SIGKILL it once it stalls."""
+def kill_at_stall(
+    tmp: Path, fault: str, script: str, *args: str, timeout: float = 240, procs: int = 1
+) -> None:
+    """Start ``script`` with a ``stall:`` fault; once it stalls, SIGKILL it and every process it
+    started (with ``procs`` > 1: the launcher and all ranks at once)."""
     flag = Path(tmp) / f"stalled-{time.monotonic_ns()}"
     env = {**ENV, "FAULT_FLAG": str(flag)}
     proc = subprocess.Popen(
-        command(fault, script, *args),
+        command(fault, script, *args, procs=procs),
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
+    try:
+        _wait_for(flag, proc, script, fault, timeout)
+    finally:  # stalled, or failed: every process it started goes
+        family = [proc.pid, *descendants(proc.pid)]  # torchrun: each rank in its own session
+        for pid in family:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 30
+    while any(_running(pid) for pid in family[1:]):  # orphans, reaped by init
+        assert time.monotonic() < deadline, "a killed rank is still running"
+        time.sleep(0.02)
+
+
+def _wait_for(flag: Path, proc, script: str, fault: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not flag.exists():
         if proc.poll() is not None:
             raise AssertionError(f"{script} ended before the fault:\n{proc.stderr.read()[-3000:]}")
         assert time.monotonic() < deadline, f"{script} did not reach the fault {fault}"
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+
+
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every process (Linux /proc)."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            out[int(entry.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    parents, found, todo = _parents(), [], [pid]
+    while todo:
+        parent = todo.pop()
+        children = [c for c, p in parents.items() if p == parent]
+        found += children
+        todo += children
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
 
 
 if __name__ == "__main__":

@@ -218,6 +218,33 @@ def test_stale_lock_of_a_dead_pid_is_taken_over(cache, tmp_path):
     assert not (tmp_path / ".lock").exists()  # released on exit
 
 
+def test_lock_of_a_zombie_or_a_reused_pid_is_stale(tmp_path, caplog):
+    """A killed owner not yet reaped (a zombie, as the ranks of a killed launcher in a
+    container) is dead; a live pid started at another time than the lock records was reused."""
+    from mmdisco.runlock import process_start
+
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        while open(f"/proc/{zombie.pid}/stat").read().split(") ")[1][0] != "Z":
+            pass  # exited, not reaped
+        host = socket.gethostname()
+        for pid, start in ((zombie.pid, process_start(zombie.pid)), (other.pid, 1)):
+            (tmp_path / ".lock").write_text(json.dumps({"pid": pid, "host": host, "start": start}))
+            with caplog.at_level("WARNING"):
+                RunLock(tmp_path).acquire().release()
+            assert f"took over a stale lock (pid {pid} on" in caplog.text
+        (tmp_path / ".lock").write_text(
+            json.dumps({"pid": other.pid, "host": host, "start": process_start(other.pid)})
+        )
+        with pytest.raises(RunLockedError, match=f"in use by pid {other.pid}"):
+            RunLock(tmp_path).acquire()  # the same pid and start: alive
+    finally:
+        other.kill()
+        other.wait()
+        zombie.wait()
+
+
 def test_lock_of_another_host_is_never_taken_over(tmp_path):
     (tmp_path / ".lock").write_text(json.dumps({"pid": 1, "host": "elsewhere", "since": 0}))
     with pytest.raises(RunLockedError, match="on host elsewhere.*delete .*\\.lock"):

@@ -150,6 +150,23 @@ def test_training_killed_mid_file_resumes_bit_identically(trained, cache, tmp_pa
     assert rows == ref_rows
 
 
+def test_two_process_training_killed_mid_checkpoint(cache, tmp_path):
+    """2 gloo processes, all killed while rank 0 writes the second checkpoint; rerun with 2
+    processes: the weights of an uninterrupted 2-process run, bit for bit."""
+    args = [*SHORT, "train.ema_decay=null"]
+    run("none", "train.py", *run_args(tmp_path / "ref", cache), *args, procs=2)
+    run_dir = tmp_path / "run"
+    fault = "stall:model.safetensors:2"
+    kill_at_stall(tmp_path, fault, "train.py", *run_args(run_dir, cache), *args, procs=2)
+    state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 10 and (run_dir / ".lock").exists()  # its owner is dead
+    run("none", "train.py", *run_args(run_dir, cache), *args, procs=2)
+    a = load_tensors(tmp_path / "ref" / "discriminator.safetensors")
+    b = load_tensors(run_dir / "discriminator.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    assert (run_dir / "checkpoint" / "rng_rank1.safetensors").exists()
+
+
 # -- sampling and evaluation ---------------------------------------------------------------------
 SAMPLE = ["num_samples=64", "batch_size=32", "progress=false", "threads=1", "device=cpu"]
 
