@@ -49,11 +49,15 @@ def atomic_write_json(path: str | Path, obj) -> None:
 
 
 def atomic_savez(path: str | Path, arrays: dict) -> None:
-    """``numpy.savez`` to a temp name, then renamed (a kill never leaves half an .npz)."""
+    """``numpy.savez`` to a temp name, then renamed (a kill never leaves half an .npz); like
+    numpy, ``.npz`` is appended to a name without it."""
     import io
 
     import numpy as np
 
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     atomic_write_bytes(path, buffer.getvalue())
