@@ -1,7 +1,10 @@
 """Training checkpoints: safetensors weights (+ EMA) + optimizer + RNG per process + step + config.
 
 A checkpoint is a directory written under a temporary name and renamed into place, so a kill
-leaves either the previous checkpoint or the new one, never half of one. Its files:
+leaves either the previous checkpoint or the new one, never half of one. The one before it is
+kept as ``checkpoint.prev``: a checkpoint damaged from outside (truncated, a file missing) is
+skipped with a warning and training resumes from ``.prev``; with none loadable it stops with
+an error and overwrites nothing. Its files:
 
     model.safetensors        the discriminator's weights (unwrapped, float32 as trained)
     ema.safetensors          the EMA of those weights (only when EMA is on)
@@ -17,6 +20,7 @@ rank 0 creates, and rank 0 renames it once all have written (``barrier`` separat
 from __future__ import annotations
 
 import json
+import logging
 import random
 import shutil
 from collections.abc import Callable
@@ -26,7 +30,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from mmdisco.faults import CorruptFileError, safetensors_problem
 from mmdisco.io import atomic_write_json, load_tensors, save_tensors
+
+log = logging.getLogger(__name__)
+PREV = ".prev"  # the checkpoint before the last one is kept as <checkpoint>.prev
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -117,19 +125,86 @@ def save_checkpoint(
         atomic_write_json(tmp / "state.json", state)
     barrier()
     if rank == 0:
-        old = path.with_name(path.name + ".old")
-        if path.exists():  # else ``old`` may be the only complete checkpoint: keep it
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
+        _rotate(path, tmp)
     barrier()
 
 
+def _rotate(path: Path, tmp: Path) -> None:
+    """checkpoint -> checkpoint.prev, then tmp -> checkpoint: two renames, so a kill leaves a
+    complete checkpoint under one of the two names. A damaged ``checkpoint`` (one that
+    :func:`load_checkpoint` fell back from) is dropped instead of replacing a good ``.prev``."""
+    prev = path.with_name(path.name + PREV)
+    if path.exists():  # else ``prev`` may be the only complete checkpoint: keep it
+        if checkpoint_problem(path) is None:
+            shutil.rmtree(prev, ignore_errors=True)
+            path.rename(prev)
+        else:
+            shutil.rmtree(path)
+    tmp.rename(path)
+    shutil.rmtree(path.with_name(path.name + ".old"), ignore_errors=True)  # older layout
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why the checkpoint directory ``path`` cannot be loaded (missing or torn files), or None.
+    Reads only state.json and the safetensors headers."""
+    path = Path(path)
+    try:
+        state = json.loads((path / "state.json").read_text())
+        int(state["step"]), state["optimizer"]["param_groups"]
+    except FileNotFoundError:
+        return "state.json is missing"
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        return f"state.json is torn or not JSON ({e})"
+    for name in [p.name for p in path.glob("py_rng_rank*.json")]:
+        try:
+            json.loads((path / name).read_text())
+        except (ValueError, OSError) as e:
+            return f"{name} is torn or not JSON ({e})"
+    for name in ("model.safetensors", "optimizer.safetensors", *_optional_files(path)):
+        if not (path / name).exists():
+            return f"{name} is missing"
+        problem = safetensors_problem(path / name)
+        if problem is not None:
+            return f"{name} is {problem}"
+    return None
+
+
+def _optional_files(path: Path) -> list[str]:
+    names = [p.name for p in path.glob("*rng_rank*.safetensors")]
+    return names + (["ema.safetensors"] if (path / "ema.safetensors").exists() else [])
+
+
+def _candidates(path: Path) -> list[Path]:
+    """Where a checkpoint may be, newest first: ``checkpoint``, ``checkpoint.prev`` (kept by
+    the last save; also the only one after a kill between its two renames), ``.old`` (the
+    layout of earlier versions)."""
+    names = (path, path.with_name(path.name + PREV), path.with_name(path.name + ".old"))
+    return [p for p in names if p.exists()]
+
+
 def _resolve(path: Path) -> Path:
-    if not (path / "state.json").exists() and (path.with_name(path.name + ".old")).exists():
-        return path.with_name(path.name + ".old")  # killed between the two renames
-    return path
+    """The newest complete checkpoint; a damaged newer one is reported and skipped, and with
+    none left a :class:`CorruptFileError` explains that nothing is overwritten."""
+    problems = []
+    for candidate in _candidates(path):
+        problem = checkpoint_problem(candidate)
+        if problem is None:
+            if problems:
+                log.warning(
+                    "checkpoint %s is damaged (%s): resuming from %s instead",
+                    *problems[0], candidate,
+                )  # fmt: skip
+            return candidate
+        problems.append((candidate, problem))
+    if not problems:
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    listed = "; ".join(f"{p}: {why}" for p, why in problems)
+    raise CorruptFileError(
+        path,
+        f"no loadable checkpoint ({listed})",
+        f"Training refuses to overwrite it. Move {path} away (e.g. `mv {path} {path}.bad`) to "
+        f"restart from step 0, or restore it",
+    )
 
 
 def load_checkpoint(
@@ -168,7 +243,6 @@ def load_checkpoint(
 
 
 def checkpoint_exists(path: str | Path) -> bool:
-    path = Path(path)
-    return (path / "state.json").exists() or (
-        path.with_name(path.name + ".old") / "state.json"
-    ).exists()
+    """Whether any checkpoint (complete or not) is there: training then resumes from it, or
+    stops with a :class:`CorruptFileError` rather than start over and overwrite it."""
+    return bool(_candidates(Path(path)))

@@ -61,7 +61,7 @@ class Meter:
         flat = accelerator.reduce(flat, reduction="sum").cpu()
         sizes = [self.sums[k].numel() for k in names]
         s = dict(zip(names, torch.split(flat, sizes)))
-        per_step = s["steps"].item()  # steps x processes: the loss terms are process means
+        per_step = s["steps"].item() or math.nan  # steps x processes (none: all skipped)
         row = {k: s[k].item() / per_step for k in ("loss", "l_d", "l_dsm")}
         for name in ("real", "fake"):
             row[f"acc_{name}"] = s[f"{name}_ok"].sum().item() / max(s[f"{name}_n"].sum().item(), 1)

@@ -39,10 +39,12 @@ from tqdm.auto import tqdm
 
 from mmdisco.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from mmdisco.config import check_no_moved_keys, check_train_config
+from mmdisco.faults import NonFiniteGuard
 from mmdisco.io import save_module, save_tensors
 from mmdisco.logs import Logs, Meter
 from mmdisco.pairs import batch_conditions, collate_pairs
 from mmdisco.pairs.prepare import fake_pairs, real_pairs
+from mmdisco.runlock import RunLock
 from mmdisco.runs import CONFIG_FILE, WEIGHTS_FILE, setup_torch
 from mmdisco.seeds import (
     CALIBRATION_STREAM,
@@ -119,7 +121,7 @@ def global_shapes(batch: dict, batch_size: int, names) -> dict[str, tuple[int, .
 def train(cfg: DictConfig) -> Path:
     """Train (or resume) the discriminator of ``cfg.run_dir``; returns the weights' path."""
     tc = cfg.train
-    accelerator, run_dir = start_run(cfg)
+    accelerator, run_dir, lock = start_run(cfg)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     main = accelerator.is_main_process
 
@@ -134,6 +136,8 @@ def train(cfg: DictConfig) -> Path:
 
     # 4. the discriminator, its optimizer, EMA and loss, resumed from the last checkpoint
     disc, opt, ema, start = discriminator_state(cfg, accelerator, run_dir / CHECKPOINT_DIR)
+    no_scaler = accelerator.scaler is None
+    guard = NonFiniteGuard(tc.nonfinite, accelerator, run_dir / CHECKPOINT_DIR, no_scaler)
     loss_fn = instantiate(cfg.loss)
     num_heldout = holdout_count(len(real), float((cfg.get("calibration") or {}).get("holdout", 0)))
     loaders = [
@@ -151,12 +155,13 @@ def train(cfg: DictConfig) -> Path:
     )
     tick, tick_step = time.perf_counter(), start
     for step, (real_b, fake_b) in enumerate(zip(*loaders), start=start):
-        terms, grad_norm = train_step(
-            cfg, accelerator, bases, disc, opt, loss_fn, step, real_b, fake_b
+        terms, grad_norm, skipped = train_step(
+            cfg, accelerator, bases, disc, opt, loss_fn, step, real_b, fake_b, guard
         )
-        if ema is not None:
+        if ema is not None and not skipped:
             ema.update(accelerator.unwrap_model(disc))
-        meter.add(terms, torch.as_tensor(grad_norm, device=device))
+        if not skipped:
+            meter.add(terms, torch.as_tensor(grad_norm, device=device))
         bar.update(1)
 
         done = step + 1
@@ -166,6 +171,7 @@ def train(cfg: DictConfig) -> Path:
             row["lr"] = opt.param_groups[0]["lr"]
             row["pairs_per_s"] = 2 * tc.batch_size * (done - tick_step) / elapsed
             tick, tick_step = time.perf_counter(), done
+            guard.log_into(row)
             if main:
                 logs.write(done, row)
                 bar.set_postfix({k: f"{row[k]:.3f}" for k in ("l_d", "l_dsm", "acc_real")})
@@ -175,6 +181,8 @@ def train(cfg: DictConfig) -> Path:
     weights = finish(accelerator, disc, ema, run_dir, logs)
     if main and num_heldout:  # 5. joint scales from the held-out real pairs (joint_scales=auto)
         calibrate_run(cfg, bases, real, num_heldout, weights, device)
+    if lock is not None:
+        lock.release()
     return weights
 
 
@@ -213,18 +221,21 @@ def calibrate_run(cfg, bases, real, num_heldout: int, weights: Path, device) -> 
     return scales
 
 
-def start_run(cfg: DictConfig) -> tuple[Accelerator, Path]:
-    """Check the config (once), set up torch and the processes, save the resolved config."""
+def start_run(cfg: DictConfig) -> tuple[Accelerator, Path, RunLock | None]:
+    """Check the config (once), set up torch and the processes, take the run directory's lock
+    (main process: one writer per run dir), save the resolved config."""
     check_no_moved_keys(cfg)
     setup_torch(cfg.device, cfg.threads)
     cpu = cfg.device == "cpu"
     check_train_config(cfg.train, PartialState(cpu=cpu).num_processes)
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=cpu)
     run_dir = Path(cfg.run_dir)
+    lock = None
     if accelerator.is_main_process:
+        lock = RunLock(run_dir).acquire()
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
-    return accelerator, run_dir
+    return accelerator, run_dir, lock
 
 
 def discriminator_state(cfg: DictConfig, accelerator: Accelerator, ckpt: Path):
@@ -246,8 +257,9 @@ def discriminator_state(cfg: DictConfig, accelerator: Accelerator, ckpt: Path):
     return disc, opt, ema, start
 
 
-def train_step(cfg, accelerator, bases, disc, opt, loss_fn, step, real_b, fake_b):
-    """One optimizer step on this process's slice of the global batch; (terms, grad norm)."""
+def train_step(cfg, accelerator, bases, disc, opt, loss_fn, step, real_b, fake_b, guard):
+    """One optimizer step on this process's slice of the global batch; (terms, grad norm,
+    skipped): a non-finite loss or gradient stops here or skips the update (``guard``)."""
     tc, device = cfg.train, accelerator.device
     local = tc.batch_size // accelerator.num_processes
     first = accelerator.process_index * local
@@ -265,8 +277,11 @@ def train_step(cfg, accelerator, bases, disc, opt, loss_fn, step, real_b, fake_b
     opt.zero_grad(set_to_none=True)
     accelerator.backward(terms["loss"])
     grad_norm = accelerator.clip_grad_norm_(disc.parameters(), tc.grad_clip or math.inf)
+    skipped = guard.skip(step, terms, grad_norm)  # NaN / Inf: stop here, or skip the update
+    if skipped:
+        opt.zero_grad(set_to_none=True)  # Adam leaves parameters without a gradient alone
     opt.step()
-    return terms, grad_norm
+    return terms, grad_norm, skipped
 
 
 def checkpoint(cfg, accelerator: Accelerator, ckpt: Path, done: int, disc, opt, ema) -> None:

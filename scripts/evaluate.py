@@ -33,6 +33,7 @@ from mmdisco.io import atomic_write_json
 from mmdisco.metrics import evaluate, format_table, has_metrics
 from mmdisco.report import format_text, write_outputs
 from mmdisco.runs import CONFIG_FILE
+from mmdisco.validate import validate_evaluate
 
 
 def _suite(cfg: DictConfig):
@@ -57,6 +58,7 @@ def _suite(cfg: DictConfig):
 
 @hydra.main(config_path="../configs", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    validate_evaluate(cfg)  # every value and path, before any heavy work (mmdisco.validate)
     run_dir = Path(cfg.run_dir)
     metrics = list(cfg.metrics or [])
     is_run = (run_dir / CONFIG_FILE).exists()

@@ -17,6 +17,7 @@ Data-space bases (the toy): ``samples.npz`` (one array per modality) and a scatt
 from __future__ import annotations
 
 import csv
+import io
 import sys
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from mmdisco.config import check_no_moved_keys, exit_on_moved_keys
+from mmdisco.io import atomic_savez, atomic_write_bytes
 from mmdisco.plots import toy_scatter
 from mmdisco.runs import (
     build_guidance,
@@ -35,11 +37,13 @@ from mmdisco.runs import (
     with_overrides,
 )
 from mmdisco.sampling import build_sampler
+from mmdisco.validate import validate_sample
 
 
 @hydra.main(config_path="../configs", config_name="sample", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     check_no_moved_keys(cfg)
+    validate_sample(cfg)  # every value and path, before any heavy work (mmdisco.validate)
     device = setup_torch(cfg.device, cfg.threads)
     run = load_run(cfg.run_dir, device, with_discriminator=cfg.guided)
     if cfg.get("super_resolution") is not None:  # bases with an SR stage (MM-Diffusion)
@@ -58,10 +62,11 @@ def main(cfg: DictConfig) -> None:
         out = Path(cfg.run_dir) / (cfg.out or ("guided" if cfg.guided else "unguided"))
         write_mp4s(run.bases, samples, out, cfg.progress)
         if prompts is not None:  # which prompt made which file
-            with open(out / "prompts.csv", "w", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow(["file", "prompt"])
-                writer.writerows((f"{i:05d}.mp4", p) for i, p in enumerate(prompts))
+            text = io.StringIO()
+            writer = csv.writer(text)
+            writer.writerow(["file", "prompt"])
+            writer.writerows((f"{i:05d}.mp4", p) for i, p in enumerate(prompts))
+            atomic_write_bytes(out / "prompts.csv", text.getvalue().encode())
     else:
         out = Path(cfg.run_dir) / (
             cfg.out or ("samples.npz" if cfg.guided else "samples_nojoint.npz")
@@ -90,7 +95,7 @@ def write_mp4s(bases, samples, out: Path, progress: bool) -> None:
 
 def write_npz(run, samples, out: Path, title: str) -> None:
     arrays = {m: x.numpy() for m, x in samples.items()}
-    np.savez(out, **arrays)
+    atomic_savez(out, arrays)  # a kill or a full disk leaves no torn samples.npz
     print(f"wrote {out} " + " ".join(f"{m}{tuple(a.shape)}" for m, a in arrays.items()))
     if all(a.ndim == 2 and a.shape[1] == 1 for a in arrays.values()):
         pts = np.concatenate([arrays["audio"], arrays["video"]], axis=1)

@@ -19,10 +19,12 @@ from omegaconf import DictConfig
 
 from mmdisco.config import exit_on_moved_keys
 from mmdisco.training import train
+from mmdisco.validate import validate_train
 
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    validate_train(cfg)  # every value and path, before any heavy work (mmdisco.validate)
     weights = train(cfg)
     print(f"discriminator saved to {weights}")
 

@@ -19,7 +19,6 @@ every clip twice, and the latent cache decodes each once.)
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import os
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mmdisco.faults import read_csv_rows
 from mmdisco.media import MediaError, read_video_with_audio
 
 log = logging.getLogger(__name__)
@@ -134,10 +134,7 @@ class PairedVideoFolder(Dataset):
         return path.resolve()
 
     def _read_csv(self) -> list[dict[str, str]]:
-        with open(self.csv_path, newline="") as f:
-            reader = csv.DictReader(f, fieldnames=self.fieldnames, skipinitialspace=True)
-            rows = list(reader)
-            columns = reader.fieldnames or []
+        rows, columns = read_csv_rows(self.csv_path, self.fieldnames, skipinitialspace=True)
         needed = [c for c in (self.path_column, self.caption_column, self.start_column) if c]
         needed += list(self.where)
         missing = [c for c in needed if c not in columns]

@@ -8,7 +8,6 @@ the discriminator is trained on exactly the latents the bases generate in.
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from pathlib import Path
@@ -26,6 +25,7 @@ from mmdisco.data.synthetic import (
     SAMPLE_RATE,
     generate_dataset,
 )
+from mmdisco.faults import discard_csv_if_damaged, read_csv_rows
 from mmdisco.media import MediaError, read_video_with_audio
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,7 @@ log = logging.getLogger(__name__)
 
 def read_metadata(csv_path: str | os.PathLike) -> list[dict]:
     """Rows of a paired data set's metadata.csv (columns: file, caption, onset, ...)."""
-    with open(csv_path, newline="") as f:
-        return list(csv.DictReader(f))
+    return read_csv_rows(csv_path)[0]  # a torn file: CorruptFileError naming it
 
 
 def read_clip(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -85,6 +84,7 @@ class SyntheticPairs:
 
     def ensure_generated(self) -> Path:
         """Generate the data set (or extend it to ``num_clips``) unless it is there already."""
+        discard_csv_if_damaged(self.csv_path)  # torn from outside: written again below
         if not self.csv_path.exists() or len(read_metadata(self.csv_path)) < self.num_clips:
             log.info("generating %d synthetic clips in %s", self.num_clips, self.data_dir)
             generate_dataset(self.data_dir, self.num_clips, self.seed, progress=self.progress)

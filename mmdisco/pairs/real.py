@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
 from mmdisco.data.folder import collate_clips
+from mmdisco.faults import repair_cache
 from mmdisco.hashing import config_hash, plain
 from mmdisco.pairs.prompts import prompt_tables
 from mmdisco.pairs.store import CACHE_VERSION, INDEX_FILE, build_shards
@@ -72,6 +73,7 @@ def cache_real_latents(
     if shard_size < 1 or batch_size < 1:
         raise ValueError(f"shard_size and batch_size must be >= 1, got {shard_size}, {batch_size}")
     out_dir = real_cache_dir(data, bases, cache_dir, base_config)
+    repair_cache(out_dir)  # damaged shards (from outside) are deleted and rebuilt
     if (out_dir / INDEX_FILE).exists():
         _note_cached_skips(data, out_dir)
         return out_dir

@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from mmdisco.bases.protocol import MODALITIES
+from mmdisco.faults import open_safetensors, repair_cache
 from mmdisco.hashing import config_hash, plain
 from mmdisco.io import atomic_write_json, save_tensors
 
@@ -75,6 +75,7 @@ def build_shards(
     """Write this rank's missing shards with ``make_shard(s) -> (tensors, meta)``, then the
     index when every shard exists. Returns ``out_dir``; a finished cache is left untouched."""
     out_dir = Path(out_dir)
+    repair_cache(out_dir)  # damaged shards (from outside) are deleted here and rebuilt below
     if (out_dir / INDEX_FILE).exists():
         return out_dir
     rank, world_size = resolve_ranks(rank, world_size, accelerator)
@@ -96,7 +97,7 @@ def build_shards(
 
 
 def read_shard_meta(path: Path) -> dict:
-    with safe_open(str(path), framework="pt") as f:
+    with open_safetensors(path) as f:
         return json.loads(f.metadata()["meta"])
 
 
@@ -162,7 +163,7 @@ class ShardedPairs(Dataset):
         if s in self._open:
             self._open.move_to_end(s)
             return self._open[s]
-        handle = safe_open(str(self.path / shard_name(s)), framework="pt")
+        handle = open_safetensors(self.path / shard_name(s))
         self._open[s] = handle
         if len(self._open) > self.max_open_shards:
             self._open.popitem(last=False)
@@ -198,7 +199,7 @@ class ShardedPairs(Dataset):
         for s, n in enumerate(self.counts):
             if n == 0:
                 continue
-            with safe_open(str(self.path / shard_name(s)), framework="pt") as f:
+            with open_safetensors(self.path / shard_name(s)) as f:
                 t = {k: f.get_tensor(k) for k in f.keys()}
             rows = t.pop("caption_index", None)
             for k, v in t.items():
