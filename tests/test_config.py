@@ -34,7 +34,7 @@ def test_guidance_group_holds_the_scales_and_the_sampler_none():
     assert "joint_scales" not in cfg.sampler
     with initialize_config_dir(CONFIGS, version_base="1.3"):
         vc2 = compose("train", ["base=auffusion_videocrafter2"])
-    assert OmegaConf.to_container(vc2.guidance.joint_scales) == {"audio": 1.0, "video": 8.0}
+    assert vc2.guidance.joint_scales == "auto"  # issue 10: s* of held-out pairs, not hand-set
 
 
 def test_old_sampler_key_gives_one_error_naming_the_new_key():
@@ -59,13 +59,17 @@ def test_a_run_config_written_before_the_move_is_read_with_the_key_moved():
     check_no_moved_keys(new)
 
 
-def test_resolve_joint_scales_takes_a_number_or_a_mapping():
+def test_resolve_joint_scales_takes_a_number_a_mapping_or_auto():
     assert resolve_joint_scales(3) == 3.0
     assert resolve_joint_scales(OmegaConf.create({"audio": 1, "video": 8})) == {
         "audio": 1.0,
         "video": 8.0,
     }
-    with pytest.raises(ValueError, match="guidance.joint_scales must be a number or a mapping"):
+    assert resolve_joint_scales(OmegaConf.create({"audio": [0, 2], "video": 1})) == {
+        "audio": [0.0, 2.0],
+        "video": 1.0,
+    }
+    with pytest.raises(ValueError, match="guidance.joint_scales must be a number, .* or auto"):
         resolve_joint_scales("loud")
 
 

@@ -19,6 +19,7 @@ class TinyJointBase(nn.Module):
 
     names = MODALITIES
     conditional_names = ()
+    time_axes = {"audio": 2, "video": 2}
     decodes_to_media = False
     sample_rate = None
     fps = None

@@ -107,5 +107,5 @@ def test_configs_select_discriminator_solver_and_clips(name):
     s = cfg.sampler
     assert (s.solver, s.num_steps, s.order) == ("dpm_singlestep", 20, 3)
     assert s.solver_options == {"thresholding": True, "percentile": 0.995}
-    assert dict(s.joint_scales) == {"audio": 1.0, "video": 1.0}
+    assert dict(cfg.guidance.joint_scales) == {"audio": 1.0, "video": 1.0}
     assert cfg.data.duration == 1.6  # 16 frames at 10 fps, 25600 samples at 16 kHz

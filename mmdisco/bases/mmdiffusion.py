@@ -143,6 +143,9 @@ class MMDiffusionBase(nn.Module):
     """
 
     names = ("audio", "video")
+    conditional_names = ()  # unconditional: no prompt for either modality
+    text_conditional = False
+    decodes_to_media = True
 
     def __init__(
         self,
@@ -196,6 +199,45 @@ class MMDiffusionBase(nn.Module):
     def time_axes(self) -> dict[str, int]:
         """Sample space: audio (B, 1, N) samples and video (B, C, F, H, W) frames on axis 2."""
         return {"audio": 2, "video": 2}
+
+    # -- the declared joint-base protocol (mmdisco.bases.protocol.JointBase) ----------------
+    @property
+    def sample_rate(self) -> int:
+        return self.views["audio"].sample_rate
+
+    @property
+    def fps(self) -> float:
+        return self.views["video"].fps
+
+    def media_format(self) -> dict:
+        """The clips MM-Diffusion takes: 16 kHz audio of the network's length, its frames."""
+        audio, video = self.views["audio"], self.views["video"]
+        return {
+            "sample_rate": audio.sample_rate,
+            "num_samples": audio.num_samples,
+            "fps": video.fps,
+            "num_frames": video.num_frames,
+            "height": video.height,
+            "width": video.width,
+        }
+
+    def encode(self, media) -> dict[str, Tensor]:
+        return {m: self.views[m].encode(media[m]) for m in self.names}
+
+    def decode(self, latents) -> dict:
+        return {m: self.views[m].decode(latents[m]) for m in self.names}
+
+    def encode_prompt(self, prompts: list[str]) -> dict:
+        return dict.fromkeys(self.names)  # unconditional
+
+    def cache_key(self) -> dict:
+        """A fingerprint of the networks' weights (what the caches depend on)."""
+        from mmdisco.hashing import weights_fingerprint
+
+        key = {"unet": weights_fingerprint(self.unet)}
+        if self.sr is not None:
+            key["sr"] = weights_fingerprint(self.sr)
+        return key
 
     def sample_shapes(self, batch_size: int) -> dict[str, tuple[int, ...]]:
         (f, c, h, w), audio = self.unet.config.video_size, self.unet.config.audio_size
