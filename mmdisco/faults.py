@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_NAMES = ("checkpoint", "checkpoint.prev", "checkpoint.old")
 CACHE_PREFIXES = ("latents-", "fakes-")
-PAIR_FILES = ("real_pairs.safetensors", "fake_pairs.safetensors")
 WEIGHT_FILES = ("discriminator.safetensors", "discriminator_raw.safetensors")
 
 
@@ -47,8 +46,6 @@ def fix_for(path: Path) -> str:
         )
     if parent.name.startswith(CACHE_PREFIXES) and path.name.startswith("shard-"):
         return "It is a cache shard: rerun train.py, which deletes and rebuilds it by itself"
-    if path.name in PAIR_FILES:
-        return "Rerun train.py with the same run_dir: it deletes and recomputes this file"
     if path.name in WEIGHT_FILES:
         return (
             f"Rerun `python scripts/train.py run_dir={parent}` with the run's overrides: it "

@@ -258,7 +258,14 @@ def validate_sample(cfg: DictConfig) -> None:
 
 def validate_evaluate(cfg: DictConfig) -> None:
     c = Checks(cfg)
-    run_dir = _run_dir(c)
+    metrics = c.get("metrics")
+    if metrics not in (_UNSET, None) and len(metrics) > 0:  # the suite: any folder of mp4s
+        run_dir = Path(str(c.get("run_dir")))
+        if not run_dir.is_dir():
+            c.fail("run_dir", f"{run_dir} is not a directory (the folder holding the samples)")
+            run_dir = None
+    else:
+        run_dir = _run_dir(c)
     samples = c.get("samples")
     names = list(samples) if isinstance(samples, ListConfig) else [samples]
     if samples is not _UNSET and run_dir is not None:

@@ -88,9 +88,17 @@ def sample_pairs(run, discriminator, scales, num, device, progress=False):
     return sample_in_batches(sampler, run.bases, num, num, 0, device, progress)
 
 
-def mean_std(values) -> str:
+AV_KEYS = ("av_align", "av_audio_peaks", "av_video_peaks")  # not fractions: printed as they are
+
+
+def mean_std(values, key: str = "") -> str:
     v = np.asarray([x for x in values if x is not None], dtype=float)
-    return f"{100 * v.mean():.1f} +- {100 * v.std():.1f}" if len(v) else "-"
+    f = 1 if key in AV_KEYS else 100
+    return (
+        f"{f * v.mean():.{3 if f == 1 else 1}f} +- {f * v.std():.{3 if f == 1 else 1}f}"
+        if len(v)
+        else "-"
+    )
 
 
 def parse_args():
@@ -104,6 +112,8 @@ def parse_args():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--jobs", type=int, default=1, help="rows run in this many processes")
     ap.add_argument("--av-align", action="store_true", help="also AV-Align (slower, needs cv2)")
+    ap.add_argument("--tag", default="", help="results go to seed*/study-<tag>.json (reruns of a "
+                    "trained row with other scales / sizes keep the first results)")  # fmt: skip
     ap.add_argument("overrides", nargs="*", help="train.py overrides added to every row")
     a = ap.parse_args()
     if a.rows == ["all"]:
@@ -134,6 +144,7 @@ def run_parallel(a) -> None:
     common += ["--out", a.out, "--device", a.device, "--jobs", "1"]
     common += ["--threads", str(a.threads)] if a.threads else []
     common += ["--av-align"] if a.av_align else []
+    common += ["--tag", a.tag] if a.tag else []
 
     def one(job):
         name, seed = job
@@ -147,7 +158,7 @@ def run_parallel(a) -> None:
     with ThreadPoolExecutor(a.jobs) as pool:
         for (name, seed), rc in pool.map(one, jobs):
             print(f"{name} seed {seed}: {'ok' if rc == 0 else f'FAILED (rc {rc})'}", flush=True)
-    tables = [table(collect(Path(a.out), name)) for name in a.rows]
+    tables = [table(collect(Path(a.out), name, a.tag)) for name in a.rows]
     (Path(a.out) / "table.md").write_text("\n\n".join(tables) + "\n")
     print("\n\n".join(tables))
 
@@ -167,9 +178,10 @@ def unguided(a, run) -> dict:
     return json.loads(path.read_text())
 
 
-def collect(out: Path, name: str) -> dict:
-    """A row's results over the seeds that finished (``<out>/<name>/seed*/study.json``)."""
-    rows = [json.loads(p.read_text()) for p in sorted((out / name).glob("seed*/study.json"))]
+def collect(out: Path, name: str, tag: str = "") -> dict:
+    """A row's results over the seeds that finished (``<out>/<name>/seed*/study[-tag].json``)."""
+    file = f"study-{tag}.json" if tag else "study.json"
+    rows = [json.loads(p.read_text()) for p in sorted((out / name).glob(f"seed*/{file}"))]
     return {
         "name": name,
         "overrides": rows[0]["overrides"] if rows else [],
@@ -194,9 +206,10 @@ def study_row(a, name: str, overrides: list[str]) -> None:
             pairs = sample_pairs(run, run.discriminator, scales, a.num, a.device)
             res = {**score(run.bases, pairs, a.av_align), "sample_s": time.time() - t0}
             row["scales"][s] = {"joint_scales": scales, **res}
-        (run_dir / "study.json").write_text(json.dumps(row, indent=1, default=float))
+        name_json = f"study-{a.tag}.json" if a.tag else "study.json"
+        (run_dir / name_json).write_text(json.dumps(row, indent=1, default=float))
         print(summary_line(name, row), flush=True)
-    print(table(collect(Path(a.out), name)))
+    print(table(collect(Path(a.out), name, a.tag)))
 
 
 def _key(kwargs) -> str:
@@ -231,9 +244,10 @@ def table(results) -> str:
             f"  cos {np.mean(cal(m, 'cosine')):.3f}"
         )
     ung = rows[0]["unguided"]
-    lines.append("  unguided: " + "  ".join(f"{k} {100 * ung[k]:.1f}" for k in METRICS))
+    keys = METRICS + tuple(k for k in AV_KEYS if k in ung)
+    lines.append("  unguided: " + "  ".join(f"{k} {mean_std([ung[k]], k)}" for k in keys))
     for s in scales:
-        cells = [f"{k} {mean_std([r['scales'][s][k] for r in rows])}" for k in METRICS]
+        cells = [f"{k} {mean_std([r['scales'][s].get(k) for r in rows], k)}" for k in keys]
         lines.append(f"  scale {s}: " + "  ".join(cells))
     return "\n".join(lines)
 

@@ -124,3 +124,18 @@ def test_paper_protocol_on_rendered_clips(onset):
     # (the coarse hop may add a spurious onset at the clip's end, 1 s: onset 6 gets 0.96 s)
     expected = 1 / len(peaks)  # one video peak, matched by the first audio peak
     assert A.av_align_score(frames, 8, audio, 16_000, variant="mmdisco-a10.1") == expected
+
+
+def test_details_count_the_peaks_the_score_is_made_of():
+    """av_align_details: the score and the number of audio / video peaks behind it."""
+    from mmdisco.metrics.av_align import av_align_details, av_align_score
+
+    fps, sr = 8.0, 16000
+    frames = np.zeros((8, 32, 32, 3), np.uint8)
+    frames[3:, 8:24, 8:24] = 255  # a square appears in frame 3: one flow peak
+    audio = np.zeros(sr, np.float32)
+    t = np.arange(sr - 3 * sr // 8) / sr
+    audio[3 * sr // 8 :] = 0.5 * np.sin(2 * np.pi * 440 * t) * np.exp(-4 * t)  # onset at 3/8 s
+    d = av_align_details(frames, fps, audio, sr)
+    assert d["av_align"] == av_align_score(frames, fps, audio, sr)
+    assert d["av_audio_peaks"] >= 1 and d["av_video_peaks"] >= 1

@@ -113,7 +113,7 @@ def test_cache_killed_mid_shard(generated, references, tmp_path, kind, target):
     assert visible_files(out) == visible_files(ref)
 
 
-# -- D training (toy: its fake pairs live in the run dir) ----------------------------------------
+# -- D training (the toy: fake pre-sampling, checkpoints, final weights) --------------------------
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
@@ -130,17 +130,22 @@ def trained(tmp_path_factory, cache) -> Path:
 @pytest.mark.parametrize(
     "target",
     [
-        "fake_pairs.safetensors:1",  # the toy's fake pre-sampling, mid-file
+        "shard-00000.safetensors:1",  # the pair store (fresh cache): the real pairs' shard
+        "shard-00000.safetensors:2",  # ... then the fake pre-sampling's first shard, mid-file
         "model.safetensors:2",  # mid-write of the second checkpoint
         "checkpoint:2",  # between its two renames: only checkpoint.prev is complete
         "discriminator.safetensors:1",  # writing the final weights
     ],
 )
 def test_training_killed_mid_file_resumes_bit_identically(trained, cache, tmp_path, target):
+    if target.startswith("shard-"):  # the pair store's files: a cache of this test's own
+        cache = tmp_path / "cache"
     kill_at_stall(tmp_path, f"stall:{target}", "train.py", *run_args(tmp_path, cache), *SHORT)
     assert not (tmp_path / "discriminator.safetensors").exists()
     if target == "checkpoint:2":  # killed after checkpoint -> checkpoint.prev, before tmp -> it
         assert not (tmp_path / "checkpoint").exists() and (tmp_path / "checkpoint.prev").exists()
+    elif target.startswith("shard-"):
+        assert any(hidden_temps(d) for d in cache.iterdir())  # a temp, not the shard's name
     else:
         assert hidden_temps(tmp_path)  # the half-written file is a hidden temp, not the name
     run("none", "train.py", *run_args(tmp_path, cache), *SHORT)
@@ -183,7 +188,7 @@ def test_sampling_and_evaluation_killed_mid_file(trained, tmp_path):
     run("none", *evaluate)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    for f in ("config.yaml", "discriminator.safetensors"):
+    for f in ("config.yaml", "discriminator.safetensors", "joint_scales.json"):
         (run_dir / f).write_bytes((trained / f).read_bytes())
     kill_at_stall(tmp_path, "stall:samples.npz:1", "sample.py", f"run_dir={run_dir}", *SAMPLE)
     assert not (run_dir / "samples.npz").exists() and hidden_temps(run_dir)

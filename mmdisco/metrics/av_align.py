@@ -149,10 +149,19 @@ def av_align_score(
     variant: str = DEFAULT_VARIANT,
 ) -> float:
     """AV-Align of one clip: frames (F, H, W, 3) uint8 RGB at fps, audio (N,) or (C, N)."""
+    return av_align_details(frames, fps, audio, sample_rate, variant)["av_align"]
+
+
+def av_align_details(frames, fps, audio, sample_rate, variant: str = DEFAULT_VARIANT) -> dict:
+    """AV-Align of one clip with what it is made of: the number of audio and video peaks."""
     p = protocol(variant)
     audio_peaks = detect_audio_peaks(audio, sample_rate, p.sample_rate, p.hop_length)
     video_peaks = detect_video_peaks(frames, fps, p.threshold)
-    return peak_iou(audio_peaks, video_peaks, fps, p.one_to_one)
+    return {
+        "av_align": peak_iou(audio_peaks, video_peaks, fps, p.one_to_one),
+        "av_audio_peaks": len(audio_peaks),
+        "av_video_peaks": len(video_peaks),
+    }
 
 
 def av_align_file(path: str | os.PathLike, variant: str = DEFAULT_VARIANT) -> float:

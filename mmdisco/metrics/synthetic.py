@@ -271,12 +271,12 @@ def _clip_row(path: Path, with_av_align: bool) -> dict:
 
 def clip_row(frames: np.ndarray, fps: float, audio: np.ndarray, sr: int, with_av_align=False):
     """Per-clip record of decoded media (frames (F, H, W, 3) uint8, mono audio): both
-    decodings, agreement flags, optional AV-Align."""
+    decodings, agreement flags, optional AV-Align (with its audio / video peak counts)."""
     row = {"unreadable": False}
     if with_av_align:
-        from mmdisco.metrics.av_align import av_align_score  # needs the eval extras
+        from mmdisco.metrics.av_align import av_align_details  # needs the eval extras
 
-        row["av_align"] = av_align_score(frames, fps, audio, sr)
+        row.update(av_align_details(frames, fps, audio, sr))
     return {**row, **_agreement(decode_video(frames), decode_audio(audio, sr))}
 
 
@@ -302,6 +302,8 @@ SUMMARY_KEYS = (
     "semantic_given_valid",
     "temporal_given_valid",
     "av_align",
+    "av_audio_peaks",
+    "av_video_peaks",
 )
 
 
@@ -318,7 +320,8 @@ def summarize(rows: list[dict]) -> dict:
     out["semantic_given_valid"] = _mean(rows, "semantic", where="both_valid")
     out["temporal_given_valid"] = _mean(rows, "temporal", where="both_valid")
     if any("av_align" in r for r in rows):
-        out["av_align"] = _mean(rows, "av_align")
+        for key in ("av_align", "av_audio_peaks", "av_video_peaks"):
+            out[key] = _mean(rows, key)
     return out
 
 
@@ -359,4 +362,6 @@ def _cell(value, key: str) -> str:
         return str(int(value))
     if key == "av_align":
         return f"{value:.3f}"
+    if key in ("av_audio_peaks", "av_video_peaks"):  # mean peaks per clip
+        return f"{value:.2f}"
     return f"{100 * value:.1f}%"
