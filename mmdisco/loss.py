@@ -97,6 +97,7 @@ class Draws:
 
 
 DSM_REDUCTIONS = ("mean", "sum")
+DSM_WEIGHTINGS = ("eps", "x0")
 NEGATIVE_KINDS = ("mismatch", "shift")
 
 
@@ -161,6 +162,12 @@ class JointLoss:
         cond_dropout: probability of replacing a prompt by the empty one (text-conditional D).
         t_power: t = floor(T u^p) with u ~ U[0, 1): 1 is the paper's uniform t; p > 1 spends
             more of the batch on low-noise steps, where real and fake pairs differ most.
+        dsm_weighting: "eps" (the paper's: the error in noise space, as it is) or "x0": each
+            pair's error times sigma_m(t)^2 / alpha_m(t)^2, capped at ``dsm_weight_max``, i.e.
+            the error of the x0 the joint noise implies; it moves L_DSM's weight from low t,
+            where an x0-predicting base's eps error (alpha / sigma times its x0 error) dominates
+            and no joint correction helps, to the high t where the modalities settle together.
+        dsm_weight_max: the cap of the "x0" weight (its value is 1 where alpha = sigma).
         dsm_reduction: "mean" (per element, per modality) or "sum" (squared L2 norm per pair,
             the paper's); see the module docstring.
         negatives: ``{"mismatch": f1, "shift": f2, "max_shift": k}``: fractions of the fake
@@ -179,7 +186,16 @@ class JointLoss:
         t_power: float = 1.0,
         dsm_reduction: str = "mean",
         negatives: Mapping[str, float] | None = None,
+        dsm_weighting: str = "eps",
+        dsm_weight_max: float = 100.0,
     ):
+        if dsm_weighting not in DSM_WEIGHTINGS:
+            raise ValueError(
+                f"dsm_weighting must be one of {DSM_WEIGHTINGS}, got {dsm_weighting!r}"
+            )
+        if not dsm_weight_max > 0:
+            raise ValueError(f"dsm_weight_max must be > 0, got {dsm_weight_max}")
+        self.dsm_weighting, self.dsm_weight_max = dsm_weighting, float(dsm_weight_max)
         if dsm_reduction not in DSM_REDUCTIONS:
             raise ValueError(
                 f"dsm_reduction must be one of {DSM_REDUCTIONS}, got {dsm_reduction!r}"
@@ -245,10 +261,24 @@ class JointLoss:
         n_shift = min(round(self.negatives["shift"] * b_fake), b_fake - n_mis)
         return {"mismatch": n_mis, "shift": n_shift}
 
-    def dsm_term(self, err: Tensor) -> Tensor:
-        """One modality's L_DSM from the per-element error (B, ...): see ``dsm_reduction``."""
+    def dsm_term(self, err: Tensor, weight: Tensor | None = None) -> Tensor:
+        """One modality's L_DSM from the per-element error (B, ...) and an optional per-pair
+        weight (B,): see ``dsm_reduction`` and ``dsm_weighting``."""
         sq = err**2
-        return sq.mean() if self.dsm_reduction == "mean" else sq.flatten(1).sum(1).mean()
+        if weight is None:  # the paper's (the same float sums as before the weighting existed)
+            return sq.mean() if self.dsm_reduction == "mean" else sq.flatten(1).sum(1).mean()
+        per_pair = sq.flatten(1).mean(1) if self.dsm_reduction == "mean" else sq.flatten(1).sum(1)
+        return (per_pair * weight).mean()
+
+    def dsm_weights(self, schedules, t: Tensor) -> dict[str, Tensor | None]:
+        """Per-pair weights of each modality's L_DSM term (None: unweighted, the paper's)."""
+        if self.dsm_weighting == "eps":
+            return dict.fromkeys(MODALITIES)
+        out = {}
+        for m in MODALITIES:
+            alpha, sigma = (c.to(t.device).float() for c in schedules[m].coefficients(t))
+            out[m] = (sigma**2 / alpha**2).clamp(max=self.dsm_weight_max)  # (B,)
+        return out
 
     def noised(self, bases, pairs: Mapping[str, Tensor], t: Tensor, noise: Mapping[str, Tensor]):
         return {m: bases.schedules[m].add_noise(pairs[m], noise[m], t) for m in MODALITIES}
@@ -295,7 +325,8 @@ class JointLoss:
         terms: dict[str, Tensor] = {"l_d": self.l_d(logit_real, logit_fake)}
         if res is not None:
             eps = self.base_noise(bases, xt_real, t_real, real_conds)
-            terms["l_dsm"] = self.l_dsm(eps, res, draws.noise_real)
+            weights = self.dsm_weights(bases.schedules, t_real)
+            terms["l_dsm"] = self.l_dsm(eps, res, draws.noise_real, weights)
             terms.update(residual_diagnostics(res, eps))
         else:
             terms["l_dsm"] = torch.zeros((), device=dev)
@@ -351,10 +382,14 @@ class JointLoss:
         xs = {m: x.detach() for m, x in xt_real.items()}
         return {m: e.float() for m, e in bases.predict_noise(xs, t_real, real_conds).items()}
 
-    def l_dsm(self, eps, res, noise) -> Tensor:
+    def l_dsm(self, eps, res, noise, weights=None) -> Tensor:
         """L_DSM (Eq. 10): ||eps_m + r_m - noise_m||^2 summed over m, each reduced as
-        ``dsm_reduction`` says (a mean over elements, or the per-pair squared norm)."""
-        return sum(self.dsm_term(eps[m] + res[m].float() - noise[m]) for m in MODALITIES)
+        ``dsm_reduction`` says (a mean over elements, or the per-pair squared norm) and
+        weighted per pair as ``dsm_weighting`` says (``weights``: from :meth:`dsm_weights`)."""
+        weights = weights or dict.fromkeys(MODALITIES)
+        return sum(
+            self.dsm_term(eps[m] + res[m].float() - noise[m], weights[m]) for m in MODALITIES
+        )
 
 
 def residual_diagnostics(res: dict[str, Tensor], eps: dict[str, Tensor]) -> dict[str, Tensor]:

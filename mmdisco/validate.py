@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mmdisco.faults import NONFINITE_MODES
-from mmdisco.loss import DSM_REDUCTIONS, check_negatives
+from mmdisco.loss import DSM_REDUCTIONS, DSM_WEIGHTINGS, check_negatives
 from mmdisco.runs import CONFIG_FILE, WEIGHTS_FILE
 from mmdisco.sampling import SOLVERS, SPACINGS
 
@@ -200,6 +200,8 @@ def train_checks(cfg: DictConfig) -> Checks:
     c.number("loss.cond_dropout", low=0, high=1, high_open=False)
     c.number("loss.t_power", low=0, low_open=True)
     c.choice("loss.dsm_reduction", DSM_REDUCTIONS)
+    c.choice("loss.dsm_weighting", DSM_WEIGHTINGS)
+    c.number("loss.dsm_weight_max", low=0, low_open=True)
     negatives = c.get("loss.negatives")
     if isinstance(negatives, DictConfig):
         try:

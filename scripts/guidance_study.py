@@ -56,6 +56,7 @@ ROWS = {  # name -> train.py overrides on top of experiment=synthetic (the candi
     "neg_pooled_high_t": [NEG, POOLED, "loss.t_power=0.5"],
     "neg_pooled_per_bucket": [NEG, POOLED, "calibration.per_bucket=true"],
     "neg_pooled_no_renoise": [NEG, POOLED, "sampler.joint_num_steps=1"],
+    "x0_dsm": ["loss.dsm_weighting=x0"],
 }  # fmt: skip
 
 

@@ -180,3 +180,20 @@ def test_negatives_leave_the_other_draws_unchanged_and_are_checked():
     for bad in ({"mismatch": 0.7, "shift": 0.5}, {"swap": 0.1}, {"shift": -0.1}):
         with pytest.raises(ValueError, match="negatives"):
             JointLoss(negatives=bad)
+
+
+def test_x0_weighting_scales_each_pair_by_sigma2_over_alpha2_capped(bases):
+    """dsm_weighting="x0": a pair's L_DSM term times sigma^2 / alpha^2 (the x0-space error),
+    capped; "eps" (default) leaves the paper's terms."""
+    loss = JointLoss(bce=False, dsm_weighting="x0", dsm_weight_max=1.0)
+    t = torch.tensor([0, 30, 99])
+    w = loss.dsm_weights(bases.schedules, t)["audio"]
+    alpha, sigma = bases.schedules["audio"].coefficients(t)
+    expected = (sigma**2 / alpha**2).clamp(max=1.0).float()
+    torch.testing.assert_close(w, expected)
+    assert w[0] < 1e-3 and w[2] == 1.0  # low noise: almost no weight; high noise: the cap
+    err = torch.ones(3, 4)
+    assert loss.dsm_term(err, w).item() == pytest.approx(w.mean().item())
+    assert JointLoss().dsm_weights(bases.schedules, t) == {"audio": None, "video": None}
+    with pytest.raises(ValueError, match="dsm_weighting"):
+        JointLoss(dsm_weighting="snr")
