@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from mmdisco.guidance import MODALITIES, residual
+from mmdisco.bases.protocol import MODALITIES
+from mmdisco.guidance import discriminator_condition, residual
 from mmdisco.io import atomic_write_bytes
 
 SCALES_FILE = "joint_scales.json"
@@ -92,7 +93,7 @@ def residual_statistics(
                 }
                 xt = {m: bases.schedules[m].add_noise(x0[m], noise[m], t) for m in MODALITIES}
                 eps = bases.predict_noise(xt, t, c)
-                d_cond = _pooled(c)
+                d_cond = discriminator_condition(c)
                 res, _ = residual(discriminator, xt, t, bases.schedules, d_cond)
                 _accumulate(stats, k, eps, res, noise)
     return stats
@@ -111,13 +112,6 @@ def _take(cond, idx):
         return x
 
     return replace(cond.with_scale(1.0), cond=cut(cond.cond), pooled=cut(cond.pooled), uncond=None)
-
-
-def _pooled(conds):
-    if not conds:
-        return None
-    pooled = {m: c.pooled for m, c in conds.items() if c is not None and c.pooled is not None}
-    return pooled or None
 
 
 def _ratio(num: float, den: float) -> float:

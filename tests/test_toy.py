@@ -1,5 +1,6 @@
 """The toy experiment through the public scripts, plus its pieces."""
 
+import json
 import re
 
 import numpy as np
@@ -110,6 +111,15 @@ def test_train_sample_evaluate_scripts(tmp_path):
     assert (run / "samples_metrics.json").exists()
     # the layout override reached the target density
     assert re.search(r"num_peaks\s+3\n", out), out
+    # train.py calibrated the joint scales on the held-out pairs; calibrate.py redoes it
+    first = json.loads((run / "joint_scales.json").read_text())
+    assert first["heldout_pairs"] > 0 and isinstance(first["audio"], float)
+    script("calibrate.py", f"run_dir={run}", "calibration.per_bucket=true", "progress=false")
+    per_bucket = json.loads((run / "joint_scales.json").read_text())
+    assert len(per_bucket["audio"]) == len(per_bucket["video"]) == 4
+    for m in ("audio", "video"):  # the per-bucket s*, negative ones clipped to 0 (guidance off)
+        by_t = per_bucket["diagnostics"][m]["scale_by_t"]
+        assert per_bucket[m] == pytest.approx([max(0.0, s) for s in by_t])
 
 
 def test_resume_after_interruption_is_bit_identical(tmp_path):
