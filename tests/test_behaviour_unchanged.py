@@ -17,6 +17,7 @@ COMMAND = [
     "fake.batch_size=8", "fake.shard_size=8", "data.num_clips=24", "threads=1",
     "progress=false", "train.tensorboard=false",
     "calibration.holdout=0", "loss.t_power=2", "loss.dsm_reduction=mean",
+    "loss.dsm_weighting=eps", "loss.negatives=null",
 ]  # fmt: skip
 
 
