@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -100,9 +101,10 @@ def residual_statistics(
 
 
 def _take(cond, idx):
+    """Pairs ``idx`` of a batched Condition, without CFG (L_DSM's target is the conditional
+    prediction at scale 1, as in training)."""
     if cond is None:
         return None
-    from dataclasses import replace
 
     def cut(x):
         if isinstance(x, Tensor) and x.shape[0] > 1:
