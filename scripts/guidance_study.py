@@ -57,6 +57,7 @@ ROWS = {  # name -> train.py overrides on top of experiment=synthetic (the candi
     "neg_pooled_per_bucket": [NEG, POOLED, "calibration.per_bucket=true"],
     "neg_pooled_no_renoise": [NEG, POOLED, "sampler.joint_num_steps=1"],
     "x0_dsm": ["loss.dsm_weighting=x0"],
+    "x0_dsm_uniform_t": ["loss.dsm_weighting=x0", "loss.t_power=1"],
 }  # fmt: skip
 
 
