@@ -14,7 +14,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from mmdisco.config import upgrade_run_config
-from mmdisco.guidance import JointGuidance
+from mmdisco.guidance import JointGuidance, check_joint_scales
 from mmdisco.io import load_module
 from mmdisco.pretrained import local_path
 from mmdisco.sampling import JointSampler
@@ -51,19 +51,14 @@ def resolve_joint_scales(value, run_dir: str | Path | None = None):
         from mmdisco.calibration import SCALES_FILE, load_joint_scales
 
         return load_joint_scales(Path(run_dir) / SCALES_FILE)
-    if isinstance(value, Mapping):
-        return {str(m): _scale(s) for m, s in value.items()}
+    if isinstance(value, Mapping):  # per modality: a float or a list over buckets of t
+        return check_joint_scales({str(m): s for m, s in value.items()})
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     raise ValueError(
         f"guidance.joint_scales must be a number, a mapping {{audio: .., video: ..}} or auto, "
         f"got {value!r}"
     )
-
-
-def _scale(s):
-    """One modality's scale: a float, or a list over buckets of t."""
-    return [float(x) for x in s] if isinstance(s, (list, tuple)) else float(s)
 
 
 def build_guidance(bases, discriminator, guidance_cfg, run_dir: str | Path | None = None):
