@@ -228,13 +228,7 @@ class JointLoss:
         if device is None:
             device = generator.device if generator is not None else "cpu"
         b_real, b_fake = real_shapes["audio"][0], fake_shapes["audio"][0]
-        if self.t_power == 1.0:  # uniform over [0, T), the paper's
-            t = torch.randint(
-                0, num_train_timesteps, (b_real + b_fake,), generator=generator, device=device
-            )
-        else:  # t = floor(T u^p): density ~ t^(1/p - 1), more low-noise steps for p > 1
-            u = torch.rand(b_real + b_fake, generator=generator, device=device)
-            t = (num_train_timesteps * u**self.t_power).long().clamp(max=num_train_timesteps - 1)
+        t = self.draw_t(b_real + b_fake, num_train_timesteps, generator, device)
         keep_real = keep_fake = None
         if conditional and self.cond_dropout > 0:
             keep_real = torch.rand(b_real, generator=generator, device=device) >= self.cond_dropout
@@ -254,6 +248,14 @@ class JointLoss:
             sign = torch.randint(0, 2, (b_fake,), generator=generator, device=device) * 2 - 1
             shifts = mag * sign
         return Draws(t[:b_real], t[b_real:], noise_real, noise_fake, keep_real, keep_fake, shifts)
+
+    def draw_t(self, n: int, num_train_timesteps: int, generator=None, device="cpu") -> Tensor:
+        """n steps t in [0, T) from ``loss.t_power``'s law (the t of :meth:`draw`)."""
+        if self.t_power == 1.0:  # uniform over [0, T), the paper's
+            return torch.randint(0, num_train_timesteps, (n,), generator=generator, device=device)
+        # t = floor(T u^p): density ~ t^(1/p - 1), more low-noise steps for p > 1
+        u = torch.rand(n, generator=generator, device=device)
+        return (num_train_timesteps * u**self.t_power).long().clamp(max=num_train_timesteps - 1)
 
     def negative_counts(self, b_fake: int) -> dict[str, int]:
         """How many of a (local) fake batch of ``b_fake`` pairs each kind of negative replaces."""
@@ -293,12 +295,16 @@ class JointLoss:
         fake_conds: Mapping[str, Condition | None] | None = None,
         generator: torch.Generator | None = None,
         draws: Draws | None = None,
+        base_eps: Mapping[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """Terms: ``loss``, ``l_d``, ``l_dsm``, ``acc_real``, ``acc_fake`` (scalars); ``t_real``,
         ``t_fake``, ``logit_real``, ``logit_fake`` and, with L_DSM, the per-pair L2 norms
         ``res_norm_{m}`` of r_m and ``eps_norm_{m}`` of the base noise eps_m (all detached).
 
         The randomness comes from ``draws`` when given, else it is drawn with ``generator``.
+        ``base_eps``: the bases' noise prediction on the noised real pairs of ``draws``
+        (``{m: (B_real, ...)}``, precomputed: ``train.dsm_draws``, ``mmdisco.pairs.dsm``);
+        given, the bases are not run (only their schedules are used).
         """
         dev = real["audio"].device
         if draws is None:
@@ -324,7 +330,10 @@ class JointLoss:
 
         terms: dict[str, Tensor] = {"l_d": self.l_d(logit_real, logit_fake)}
         if res is not None:
-            eps = self.base_noise(bases, xt_real, t_real, real_conds)
+            if base_eps is None:
+                eps = self.base_noise(bases, xt_real, t_real, real_conds)
+            else:
+                eps = {m: base_eps[m].to(dev).float() for m in MODALITIES}
             weights = self.dsm_weights(bases.schedules, t_real)
             terms["l_dsm"] = self.l_dsm(eps, res, draws.noise_real, weights)
             terms.update(residual_diagnostics(res, eps))

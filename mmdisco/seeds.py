@@ -12,6 +12,10 @@ from torch.utils.data import Sampler
 
 # generator streams of one step (see step_generator)
 REAL_STREAM, FAKE_STREAM, LOSS_STREAM, CALIBRATION_STREAM = 0, 1, 2, 3
+# precomputed L_DSM targets (train.dsm_draws, mmdisco.pairs.dsm): the K draws of (t, noise,
+# prompt kept) of real pair i come from (seed, DSM_DRAW_STREAM, i); which of them step s uses
+# from (seed, DSM_PICK_STREAM, s)
+DSM_DRAW_STREAM, DSM_PICK_STREAM = 4, 5
 
 
 def step_seed(seed: int, stream: int, step: int) -> int:
@@ -43,3 +47,19 @@ class StepIndices(Sampler):
             g = step_generator(self.seed, self.stream, step)
             idx = torch.randint(0, self.num_items, (self.batch_size,), generator=g)
             yield idx[self.offset : self.offset + self.local].tolist()
+
+
+class StepIndicesWithDraws(StepIndices):
+    """:class:`StepIndices` (the same pair indices) with, for each pair, which of its ``draws``
+    precomputed L_DSM draws step s uses (uniform, from ``(seed, DSM_PICK_STREAM, s)``, drawn
+    for the global batch and sliced like the indices): batches of ``(index, draw)`` tuples."""
+
+    def __init__(self, num_items, batch_size, seed, stream, start, steps, draws, rank=0, world=1):
+        super().__init__(num_items, batch_size, seed, stream, start, steps, rank, world)
+        self.draws = int(draws)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step, idx in zip(range(self.start, self.steps), super().__iter__()):
+            g = step_generator(self.seed, DSM_PICK_STREAM, step)
+            k = torch.randint(0, self.draws, (self.batch_size,), generator=g)
+            yield list(zip(idx, k[self.offset : self.offset + self.local].tolist()))

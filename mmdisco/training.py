@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -42,8 +43,10 @@ from mmdisco.config import check_no_moved_keys, check_train_config
 from mmdisco.faults import NonFiniteGuard
 from mmdisco.io import save_module, save_tensors
 from mmdisco.logs import Logs, Meter
+from mmdisco.loss import Draws
 from mmdisco.pairs import batch_conditions, collate_pairs
-from mmdisco.pairs.prepare import fake_pairs, real_pairs
+from mmdisco.pairs.dsm import check_dsm_draws
+from mmdisco.pairs.prepare import fake_pairs, real_pairs, real_pairs_with_targets
 from mmdisco.runlock import RunLock
 from mmdisco.runs import CONFIG_FILE, WEIGHTS_FILE, setup_torch
 from mmdisco.seeds import (
@@ -52,6 +55,7 @@ from mmdisco.seeds import (
     LOSS_STREAM,
     REAL_STREAM,
     StepIndices,
+    StepIndicesWithDraws,
     step_generator,
 )
 
@@ -86,9 +90,16 @@ def holdout_count(num_real: int, holdout: float) -> int:
 
 
 def pair_loader(dataset, tc, seed, stream, start, rank, world, pin, num_items=None) -> DataLoader:
-    """Batches of ``dataset`` items [0, num_items) (default: all) for steps [start, steps)."""
+    """Batches of ``dataset`` items [0, num_items) (default: all) for steps [start, steps);
+    items ``(index, draw)`` when the dataset carries precomputed L_DSM draws."""
     num = len(dataset) if num_items is None else num_items
-    sampler = StepIndices(num, tc.batch_size, seed, stream, start, tc.steps, rank, world)
+    draws = getattr(dataset, "draws", None)
+    if draws is None:
+        sampler = StepIndices(num, tc.batch_size, seed, stream, start, tc.steps, rank, world)
+    else:
+        sampler = StepIndicesWithDraws(
+            num, tc.batch_size, seed, stream, start, tc.steps, draws, rank, world
+        )
     return DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -133,17 +144,23 @@ def train(cfg: DictConfig) -> Path:
     progress = bool(cfg.progress) and main
     real = real_pairs(data, bases, cfg, accelerator, progress)
     fake = fake_pairs(data, bases, cfg, accelerator, device, progress)
+    loss_fn = instantiate(cfg.loss)
+    dsm_draws = check_dsm_draws(tc.get("dsm_draws"), loss_fn)
+    real_train = real  # with train.dsm_draws: 3b. the bases' L_DSM targets, computed once
+    if dsm_draws is not None:
+        real_train = real_pairs_with_targets(
+            real, bases, loss_fn, dsm_draws, cfg, accelerator, device, progress
+        )
 
     # 4. the discriminator, its optimizer, EMA and loss, resumed from the last checkpoint
     disc, opt, ema, start = discriminator_state(cfg, accelerator, run_dir / CHECKPOINT_DIR)
     no_scaler = accelerator.scaler is None
     guard = NonFiniteGuard(tc.nonfinite, accelerator, run_dir / CHECKPOINT_DIR, no_scaler)
-    loss_fn = instantiate(cfg.loss)
     num_heldout = holdout_count(len(real), float((cfg.get("calibration") or {}).get("holdout", 0)))
     loaders = [
         pair_loader(ds, tc, cfg.seed, stream, start, rank, world, device.type == "cuda", n)
         for ds, stream, n in (
-            (real, REAL_STREAM, len(real) - num_heldout),
+            (real_train, REAL_STREAM, len(real) - num_heldout),
             (fake, FAKE_STREAM, len(fake)),
         )
     ]
@@ -272,8 +289,11 @@ def train_step(cfg, accelerator, bases, disc, opt, loss_fn, step, real_b, fake_b
         conditional=real_c is not None,
         generator=step_generator(cfg.seed, LOSS_STREAM, step, device),
     ).slice(first, first + local)
+    draws, base_eps = stored_real_draws(draws, real_b, real_c is not None)
     with accelerator.autocast():
-        terms = loss_fn(disc, bases, real_b, fake_b, real_c, fake_c, draws=draws)
+        terms = loss_fn(
+            disc, bases, real_b, fake_b, real_c, fake_c, draws=draws, base_eps=base_eps
+        )
     opt.zero_grad(set_to_none=True)
     accelerator.backward(terms["loss"])
     grad_norm = accelerator.clip_grad_norm_(disc.parameters(), tc.grad_clip or math.inf)
@@ -282,6 +302,18 @@ def train_step(cfg, accelerator, bases, disc, opt, loss_fn, step, real_b, fake_b
         opt.zero_grad(set_to_none=True)  # Adam leaves parameters without a gradient alone
     opt.step()
     return terms, grad_norm, skipped
+
+
+def stored_real_draws(draws: Draws, real_b: dict, conditional: bool):
+    """(draws, base eps): with precomputed L_DSM targets in the real batch (``train.dsm_draws``)
+    the real pairs' t, noise and prompt-keep mask are the stored draw's and the bases' eps comes
+    with them; the fake pairs' draws stay the step's. Unchanged (draws, None) without."""
+    if "dsm_t" not in real_b:
+        return draws, None
+    keep = real_b.get("dsm_keep") if conditional else None
+    noise = {m: real_b[f"dsm_noise_{m}"] for m in draws.noise_real}
+    new = replace(draws, t_real=real_b["dsm_t"], noise_real=noise, keep_real=keep)
+    return new, {m: real_b[f"dsm_eps_{m}"] for m in draws.noise_real}
 
 
 def checkpoint(cfg, accelerator: Accelerator, ckpt: Path, done: int, disc, opt, ema) -> None:

@@ -58,6 +58,7 @@ ROWS = {  # name -> train.py overrides on top of experiment=synthetic (the candi
     "neg_pooled_no_renoise": [NEG, POOLED, "sampler.joint_num_steps=1"],
     "x0_dsm": ["loss.dsm_weighting=x0"],
     "x0_dsm_uniform_t": ["loss.dsm_weighting=x0", "loss.t_power=1"],
+    "demo_dsm_draws8": ["train.dsm_draws=8"],  # issue 14: precomputed L_DSM targets, K = 8
 }  # fmt: skip
 
 

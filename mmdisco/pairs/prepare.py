@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
+from mmdisco.pairs.dsm import DsmTargets, RealWithTargets, precompute_dsm_targets
 from mmdisco.pairs.fakes import presample_fakes
 from mmdisco.pairs.real import cache_real_latents
 from mmdisco.pairs.store import ShardedPairs
@@ -51,3 +52,25 @@ def fake_pairs(data, bases, cfg: DictConfig, accelerator=None, device="cpu", pro
         progress=progress,
     )
     return ShardedPairs(path)
+
+
+def real_pairs_with_targets(real, bases, loss, draws: int, cfg: DictConfig, accelerator=None,
+                            device="cpu", progress=True) -> RealWithTargets:  # fmt: skip
+    """``real`` joined with K = ``draws`` precomputed L_DSM targets per pair
+    (``train.dsm_draws``), computed once into ``<cache_dir>/dsm-<hash>`` (``mmdisco.pairs.dsm``)
+    with the run's seed, ``fake.batch_size`` (pair, draw) items per base forward and
+    ``train.mixed_precision``."""
+    path = precompute_dsm_targets(
+        real,
+        bases,
+        loss,
+        draws,
+        cfg.cache_dir,
+        seed=cfg.seed,
+        batch_size=cfg.fake.batch_size,
+        mixed_precision=cfg.train.mixed_precision,
+        accelerator=accelerator,
+        device=device,
+        progress=progress,
+    )
+    return RealWithTargets(real, DsmTargets(path))
