@@ -135,6 +135,8 @@ def train(cfg: DictConfig) -> Path:
     accelerator, run_dir, lock = start_run(cfg)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     main = accelerator.is_main_process
+    loss_fn = instantiate(cfg.loss)
+    dsm_draws = check_dsm_draws(tc.get("dsm_draws"), loss_fn)  # before any stage runs
 
     # 1. base models (frozen; the main process trains / downloads them first),
     # 2. real pairs, 3. fake pairs from the bare bases (the pair store)
@@ -144,8 +146,6 @@ def train(cfg: DictConfig) -> Path:
     progress = bool(cfg.progress) and main
     real = real_pairs(data, bases, cfg, accelerator, progress)
     fake = fake_pairs(data, bases, cfg, accelerator, device, progress)
-    loss_fn = instantiate(cfg.loss)
-    dsm_draws = check_dsm_draws(tc.get("dsm_draws"), loss_fn)
     real_train = real  # with train.dsm_draws: 3b. the bases' L_DSM targets, computed once
     if dsm_draws is not None:
         real_train = real_pairs_with_targets(
@@ -291,9 +291,7 @@ def train_step(cfg, accelerator, bases, disc, opt, loss_fn, step, real_b, fake_b
     ).slice(first, first + local)
     draws, base_eps = stored_real_draws(draws, real_b, real_c is not None)
     with accelerator.autocast():
-        terms = loss_fn(
-            disc, bases, real_b, fake_b, real_c, fake_c, draws=draws, base_eps=base_eps
-        )
+        terms = loss_fn(disc, bases, real_b, fake_b, real_c, fake_c, draws=draws, base_eps=base_eps)
     opt.zero_grad(set_to_none=True)
     accelerator.backward(terms["loss"])
     grad_norm = accelerator.clip_grad_norm_(disc.parameters(), tc.grad_clip or math.inf)
