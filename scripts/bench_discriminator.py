@@ -21,11 +21,12 @@ import contextlib
 import multiprocessing
 import os
 import resource
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import bench_models  # same folder: the shared builders and the timer
 import torch
+from bench_models import timed
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -90,19 +91,6 @@ def current_memory(device: torch.device) -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def timed(fn, device: torch.device, repeats: int, warmup: int) -> float:
-    """Mean seconds of fn() over `repeats` runs after `warmup` runs."""
-    for _ in range(warmup):
-        fn()
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    sync()
-    return (time.perf_counter() - start) / repeats
-
-
 def discriminator_inputs(model, family: str, batch: int, device: torch.device):
     audio_shape, video_shape = SHAPES[family]
     audio = torch.randn(batch, *audio_shape, device=device)
@@ -138,9 +126,7 @@ def discriminator_steps(model, audio, video, t, cond):
 
 
 def sd15_unet(device: torch.device):
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(cross_attention_dim=768).to(device).eval()  # SD-1.5 sizes
+    return bench_models.sd15_unet(1).to(device).eval()  # SD-1.5 sizes
 
 
 def setup(opts: dict) -> torch.device:
