@@ -2,8 +2,10 @@
 
     train(cfg)   # cfg: the resolved Hydra config of scripts/train.py
 
-Stages: base models (frozen) -> real pairs -> fake pairs (sampled once, cached) -> D training with
-:class:`~mmdisco.loss.JointLoss` -> ``discriminator.safetensors``. Re-running with the same
+Stages: base models (frozen) -> real pairs -> fake pairs (sampled once, cached) -> [with
+``train.dsm_draws=K``: the bases' L_DSM targets for K draws per real pair, computed once,
+``mmdisco.pairs.dsm``] -> D training with :class:`~mmdisco.loss.JointLoss` ->
+``discriminator.safetensors``. Re-running with the same
 ``run_dir`` resumes from its last checkpoint, bit-identically to an uninterrupted run.
 
 Randomness and processes. ``train.batch_size`` is the GLOBAL batch (as many real pairs as fake
