@@ -24,7 +24,7 @@ from mmdisco.pairs.dsm import (
     precompute_dsm_targets,
 )
 from mmdisco.seeds import StepIndices, StepIndicesWithDraws
-from mmdisco.training import conditions, stored_real_draws
+from mmdisco.training import conditions, draw_reuse_note, stored_real_draws
 
 NUM_CLIPS, K = 5, 3
 OPTS = dict(draws=K, seed=7, batch_size=4, progress=False)
@@ -181,3 +181,9 @@ def test_train_py_with_dsm_draws_builds_the_store_once(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in store.iterdir()} == before
     a, b = ((tmp_path / r / "discriminator.safetensors").read_bytes() for r in ("one", "two"))
     assert a == b  # same seed, same stored draws: the same D
+
+
+def test_heavy_reuse_of_the_stored_draws_is_flagged_with_the_k_that_fixes_it():
+    assert not draw_reuse_note(800, 32, 900, 8).startswith("WARNING")  # synthetic: 3.6 uses
+    note = draw_reuse_note(10000, 512, 450, 8)  # the toy: 1422 uses
+    assert note.startswith("WARNING") and "use train.dsm_draws >= 1423" in note

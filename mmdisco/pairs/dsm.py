@@ -206,6 +206,7 @@ class DsmTargets(ShardedPairs):
     def __init__(self, path: str | os.PathLike, max_open_shards: int = 8):
         super().__init__(path, max_open_shards)
         self.draws = int(self.index["key"]["draws"])
+        self._keys: dict[int, list[str]] = {}  # the stored names of each shard
 
     def __getitem__(self, item) -> dict[str, Any]:  # type: ignore[override]
         index, k = item
@@ -213,12 +214,10 @@ class DsmTargets(ShardedPairs):
             raise IndexError(f"draw {k} out of range for {self.draws} draws per pair")
         s, j = self.locate(index)
         f = self._shard(s)
-        out = {}
-        for name in ("t", "noise_seed", "keep", "eps_audio", "eps_video"):
-            if name == "keep" and name not in f.keys():
-                continue
-            out[f"dsm_{name}"] = f.get_slice(name)[j : j + 1, k : k + 1][0, 0]
-        return out
+        names = ("t", "noise_seed", "keep", "eps_audio", "eps_video")
+        if s not in self._keys:
+            self._keys[s] = [n for n in names if n in set(f.keys())]
+        return {f"dsm_{n}": f.get_slice(n)[j : j + 1, k : k + 1][0, 0] for n in self._keys[s]}
 
 
 class RealWithTargets(Dataset):
