@@ -125,16 +125,30 @@ def main() -> None:
     parser.add_argument("--pairs", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batches", type=int, nargs="+", default=[8, 1])
-    parser.add_argument("--dtypes", nargs="+", choices=["fp32", "bf16"], default=None,
-                        help="default: fp32 bf16 (bf16 only where the device supports it)")
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        choices=["fp32", "bf16"],
+        default=None,
+        help="default: fp32 bf16 (bf16 only where the device supports it)",
+    )
     parser.add_argument("--repeats", type=int, default=None, help="default: 10 CUDA, 2 CPU")
     parser.add_argument("--warmup", type=int, default=None, help="default: 3 CUDA, 1 CPU")
-    parser.add_argument("--width-divisor", type=int, default=1, choices=[1, 2, 4, 8],
-                        help="divide every channel width (bases and D) to fit a CPU")
+    parser.add_argument(
+        "--width-divisor",
+        type=int,
+        default=1,
+        choices=[1, 2, 4, 8],
+        help="divide every channel width (bases and D) to fit a CPU",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--cfg-scale", type=float, default=7.5, help="the bases' CFG scale")
-    parser.add_argument("--e2e-steps", type=int, default=50,
-                        help="DPM-Solver++ steps of the end-to-end runs (0: skip them)")
+    parser.add_argument(
+        "--e2e-steps",
+        type=int,
+        default=50,
+        help="DPM-Solver++ steps of the end-to-end runs (0: skip them)",
+    )
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(D)")
     args = parser.parse_args()  # fmt: skip
     device = torch.device(args.device)
