@@ -19,6 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mmdisco.faults import NONFINITE_MODES
 from mmdisco.loss import DSM_REDUCTIONS, DSM_WEIGHTINGS, check_negatives
+from mmdisco.pairs.fakes import SEEDINGS as FAKE_SEEDINGS
 from mmdisco.runs import CONFIG_FILE, WEIGHTS_FILE
 from mmdisco.sampling import SOLVERS, SPACINGS
 
@@ -196,6 +197,7 @@ def train_checks(cfg: DictConfig) -> Checks:
     c.boolean("train.tensorboard")
     for key in ("num_pairs", "batch_size", "shard_size"):
         c.integer(f"fake.{key}", 1)
+    c.choice("fake.seeding", FAKE_SEEDINGS)
     c.number("loss.lambda_dsm", low=0)
     c.number("loss.cond_dropout", low=0, high=1, high_open=False)
     c.number("loss.t_power", low=0, low_open=True)
