@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mmdisco.faults import NONFINITE_MODES
-from mmdisco.loss import DSM_REDUCTIONS, DSM_WEIGHTINGS, check_negatives
+from mmdisco.loss import DSM_REDUCTIONS, DSM_WEIGHTINGS, check_contrastive, check_negatives
 from mmdisco.pairs.fakes import SEEDINGS as FAKE_SEEDINGS
 from mmdisco.runs import CONFIG_FILE, WEIGHTS_FILE
 from mmdisco.sampling import SOLVERS, SPACINGS
@@ -210,6 +210,19 @@ def train_checks(cfg: DictConfig) -> Checks:
             check_negatives(dict(negatives))
         except ValueError as e:
             c.fail("loss.negatives", str(e))
+    contrastive = c.get("loss.contrastive")
+    if isinstance(contrastive, DictConfig):
+        try:
+            check_contrastive(dict(contrastive))
+        except ValueError as e:
+            c.fail("loss.contrastive", str(e))
+        else:
+            group, batch = contrastive.get("group", 8), c.get("train.batch_size")
+            if contrastive.get("weight", 0) and isinstance(batch, int) and batch % group:
+                c.fail(
+                    "loss.contrastive.group",
+                    f"must divide train.batch_size ({batch}): each group of real pairs shares a t",
+                )
     c.number("calibration.holdout", low=0, high=1)
     for key in ("max_pairs", "buckets", "draws", "batch_size"):
         c.integer(f"calibration.{key}", 1)

@@ -488,8 +488,29 @@ class TwoStreamDiscriminator(nn.Module):
         return temb, embs[0], embs[1]
 
     def forward(
-        self, audio: Tensor, video: Tensor, t: Tensor, cond: dict[str, Tensor] | None = None
+        self,
+        audio: Tensor,
+        video: Tensor,
+        t: Tensor,
+        cond: dict[str, Tensor] | None = None,
+        pairs: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
+        """The logit (B,) of the pairs (audio[i], video[i]) at t[i]. With ``pairs = (ia, iv)``
+        (index tensors of length P) the logit (P,) of (audio[ia[p]], video[iv[p]]) at t[ia[p]]
+        (which must equal t[iv[p]]): every stream runs once, only the head runs per pair."""
+        v, a, temb = self.streams(audio, video, t, cond)
+        if pairs is not None:
+            ia, iv = pairs
+            v, a, temb = v[iv], a[ia], temb[ia]
+        return self.head_logit(v, a, temb)
+
+    def streams(
+        self, audio: Tensor, video: Tensor, t: Tensor, cond: dict[str, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Each modality's stream alone: video tokens (B, F, C), audio tokens (B, T', C) and the
+        step embedding (B, E). The head couples them (:meth:`head_logit`); pairing the tokens of
+        one clip's audio with another's video at the same t scores the mismatched pair without
+        running the streams again (``JointLoss``'s contrastive term)."""
         temb, audio_emb, video_emb = self.embeddings(t, cond, video.dtype)  # (B, E) x3
         if self.audio_conv == "1d" and audio.ndim == 4:  # (B, C, T, F) -> (B, C * F, T)
             audio = audio.transpose(2, 3).flatten(1, 2)
@@ -497,7 +518,11 @@ class TwoStreamDiscriminator(nn.Module):
         v = self.video_stream(video, video_emb)  # (B, C, F, H', W')
         a = a.flatten(2) if a.ndim == 3 else a.mean(3)  # (B, C, T')
         v = v.mean((3, 4))  # (B, C, F)
-        h = self.head(v.transpose(1, 2), a.transpose(1, 2), temb).float()  # (B,)
+        return v.transpose(1, 2), a.transpose(1, 2), temb
+
+    def head_logit(self, video_tokens: Tensor, audio_tokens: Tensor, temb: Tensor) -> Tensor:
+        """The logit (B,) of the pairs (video_tokens[i], audio_tokens[i]) at temb[i]."""
+        h = self.head(video_tokens, audio_tokens, temb).float()  # (B,)
         if self.logit_eps > 0:
             p = torch.sigmoid(h)  # (B,)
             h = torch.log(p + self.logit_eps) - torch.log1p(self.logit_eps - p)  # (B,)
