@@ -206,6 +206,8 @@ def prepare_clip(frames: np.ndarray, fps: float, audio: np.ndarray, sample_rate:
     min(duration, ``seconds``) seconds are used; fewer than 4.8 s is an error."""
     from mmdisco.media import resample_audio
 
+    if not seconds >= WINDOW_SECONDS:
+        raise ValueError(f"DeSync's seconds must be >= {WINDOW_SECONDS:g} (a window): {seconds}")
     idx = resample_frame_indices(len(frames), fps)
     audio = resample_audio(np.asarray(audio, np.float32), sample_rate, SAMPLE_RATE)
     n_frames = min(len(idx), int(round(VIDEO_FPS * seconds, 6)))
