@@ -15,7 +15,9 @@ Writes
   position embedding and head replaced by width-32 ones of the same classes) with the seeded
   weights of ``tests/seeded_weights.py``, the segment features of ``encode_video_with_sync`` /
   ``encode_audio_with_sync`` and the logits and DeSync of ``av_bench/evaluate.py``'s loop (first
-  and last 14 segments) on a seeded 5.6 s clip.
+  and last 14 segments) on a seeded 5.6 s clip; and the FULL-size network (seed 1, residual
+  output projections x 0.3) on one video segment, 14 audio segments and seeded window features
+  (``make test-slow``).
 
     python scripts/record_synchformer_golden.py --av-benchmark /path/to/av-benchmark
 """
@@ -83,12 +85,16 @@ def tiny_reference(ref) -> torch.nn.Module:
         cfg.VIT.PATCH_SIZE = TINY["patch"]
         return cfg
 
+    originals = ref.motionformer.OmegaConf, ref.ast.ASTConfig
     ref.motionformer.OmegaConf = types.SimpleNamespace(load=tiny_cfg)
     ref.ast.ASTConfig = lambda: ASTConfig(
         hidden_size=d, num_hidden_layers=TINY["depth"], num_attention_heads=TINY["heads"],
         intermediate_size=TINY["audio_mlp"],
     )  # fmt: skip
-    model = ref.synchformer.Synchformer()
+    try:
+        model = ref.synchformer.Synchformer()
+    finally:
+        ref.motionformer.OmegaConf, ref.ast.ASTConfig = originals
     model.vproj, model.aproj = torch.nn.Linear(d, d), torch.nn.Linear(d, d)
     model.transformer = ref.transformer.GlobalTransformer(
         tok_pdrop=0.0, embd_pdrop=0.1, resid_pdrop=0.1, attn_pdrop=0.1, n_layer=TINY["depth"],
@@ -97,6 +103,17 @@ def tiny_reference(ref) -> torch.nn.Module:
     model.transformer.pos_emb_cfg = ref.transformer.RandInitPositionalEncoding([198], d)
     model.transformer.off_head = torch.nn.Linear(d, 21)
     return model
+
+
+RESIDUAL_OUT = ("attn.proj.weight", "mlp.fc2.weight", "output.dense.weight")
+
+
+def full_size_state(keys: dict) -> dict:
+    """Seed-1 weights for the full-size network, residual output projections x 0.3."""
+    from seeded_weights import seeded_state_dict
+
+    state = seeded_state_dict(keys, seed=1)
+    return {k: v * 0.3 if k.endswith(RESIDUAL_OUT) else v for k, v in state.items()}
 
 
 def _u8_hash(x: torch.Tensor) -> str:
@@ -196,6 +213,23 @@ def main() -> None:
         "logits": [_list(x) for x in logits],
         "offsets": offsets,
         "desync": float(np.mean(offsets)),
+    }  # fmt: skip
+    # 4. the full-size network (seed 1, residual output projections x 0.3 so that 12 random
+    # layers stay O(1)) on one video segment, 14 audio segments and seeded window features
+    full = ref.synchformer.Synchformer().eval()
+    full.load_state_dict(full_size_state(keys))
+    video = transform(torch.from_numpy(seeded_uint8((16, 120, 160, 3), 5)).permute(0, 3, 1, 2)
+                      .contiguous())[None, None]  # fmt: skip
+    full_v = ref.extract_video.encode_video_with_sync(full, video[0])[0]  # (1, 8, 768)
+    wav = torch.from_numpy(seeded_audio(76_800, 6))[None]
+    full_a = ref.extract.encode_audio_with_sync(full, wav, mel_transform)[0]  # (14, 6, 768)
+    g = torch.Generator().manual_seed(0)
+    v, a = torch.randn(2, 14, 8, 768, generator=g), torch.randn(2, 14, 6, 768, generator=g)
+    golden["full"] = {
+        "video": {"frames": [16, 120, 160, 3], "seed": 5}, "audio": {"samples": 76_800, "seed": 6},
+        "vfeats": _list(full_v[0, :, ::16]), "vfeats_sum": float(full_v.double().sum()),
+        "afeats": _list(full_a[[0, -1], :, ::16]), "afeats_sum": float(full_a.double().sum()),
+        "logits": _list(full.compare_v_a(v, a)),
     }  # fmt: skip
     (FIXTURES / "synchformer_golden.json").write_text(json.dumps(golden) + "\n")
     print(f"wrote {len(keys)} keys and the goldens (offsets {offsets}) from {source}")

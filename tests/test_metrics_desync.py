@@ -211,3 +211,28 @@ def test_clips_shorter_than_one_window_are_refused():
     v, a = S.prepare_clip(np.zeros((250, 8, 8, 3), np.uint8), 25.0,
                           np.zeros(160_000, np.float32), 16_000)  # fmt: skip
     assert len(v) == len(a) == 24  # the first 8 s of a 10 s clip (av-benchmark's default)
+
+
+@pytest.mark.slow
+def test_full_size_network_matches_the_reference():
+    """The real sizes (14 x 14 patches, 12 heads of 64, 12 + 12 layers, 198 sync tokens) on
+    seeded weights: one video segment, 14 audio segments, two windows of features."""
+    g = GOLDEN["full"]
+    state = seeded_state_dict(load_manifest("synchformer_keys.json"), seed=1)
+    residual_out = ("attn.proj.weight", "mlp.fc2.weight", "output.dense.weight")
+    state = {k: v * 0.3 if k.endswith(residual_out) else v for k, v in state.items()}
+    net = S.Synchformer().eval()
+    load_into(net, state, "seeded full-size synchformer")
+    frames = seeded_uint8(g["video"]["frames"], g["video"]["seed"])
+    audio = seeded_audio(g["audio"]["samples"], g["audio"]["seed"])
+    gen = torch.Generator().manual_seed(0)
+    v, a = torch.randn(2, 14, 8, 768, generator=gen), torch.randn(2, 14, 6, 768, generator=gen)
+    with torch.no_grad():
+        vf = net.video_features(S.video_input(frames)[None])
+        af = net.audio_features(S.audio_input(audio))
+        logits = net.compare(v, a)
+    np.testing.assert_allclose(vf[0, :, ::16], g["vfeats"], rtol=1e-4, atol=1e-4)
+    assert vf.double().sum().item() == pytest.approx(g["vfeats_sum"], rel=1e-4)
+    np.testing.assert_allclose(af[[0, -1], :, ::16], g["afeats"], rtol=1e-4, atol=1e-4)
+    assert af.double().sum().item() == pytest.approx(g["afeats_sum"], rel=1e-4)
+    np.testing.assert_allclose(logits, g["logits"], rtol=1e-4, atol=1e-4)
