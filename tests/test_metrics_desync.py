@@ -211,6 +211,13 @@ def test_clips_shorter_than_one_window_are_refused():
     v, a = S.prepare_clip(np.zeros((250, 8, 8, 3), np.uint8), 25.0,
                           np.zeros(160_000, np.float32), 16_000)  # fmt: skip
     assert len(v) == len(a) == 24  # the first 8 s of a 10 s clip (av-benchmark's default)
+    # audio at 32 kHz is resampled first: 5 s -> 80000 samples -> 14 segments (unresampled,
+    # 160000 samples would give 24, as the 8 s of video do)
+    v, a = S.prepare_clip(np.zeros((200, 8, 8, 3), np.uint8), 25.0,
+                          np.zeros(5 * 32_000, np.float32), 32_000)  # fmt: skip
+    assert len(v) == len(a) == 14
+    with pytest.raises(ValueError, match="must be >= 4.8"):
+        S.prepare_clip(np.zeros((200, 8, 8, 3), np.uint8), 25.0, np.zeros(128_000), 16_000, 4.0)
 
 
 @pytest.mark.slow
