@@ -22,6 +22,7 @@ from mmdisco.loss import DSM_REDUCTIONS, DSM_WEIGHTINGS, check_contrastive, chec
 from mmdisco.pairs.fakes import SEEDINGS as FAKE_SEEDINGS
 from mmdisco.runs import CONFIG_FILE, WEIGHTS_FILE
 from mmdisco.sampling import SOLVERS, SPACINGS
+from mmdisco.scale_search import CRITERIA, SCORERS
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 _UNSET = object()
@@ -224,6 +225,15 @@ def train_checks(cfg: DictConfig) -> Checks:
                     f"must divide train.batch_size ({batch}): each group of real pairs shares a t",
                 )
     c.number("calibration.holdout", low=0, high=1)
+    c.choice("calibration.criterion", CRITERIA)
+    if c.get("calibration.criterion") == "alignment":
+        c.choice("calibration.scorer", SCORERS)
+        c.integer("calibration.pairs", 1)
+        grid = c.get("calibration.grid")
+        if not isinstance(grid, ListConfig) or not grid or not all(
+            isinstance(v, (int, float)) and v > 0 for v in grid
+        ):
+            c.fail("calibration.grid", f"must be a non-empty list of joint scales > 0, got {grid}")
     for key in ("max_pairs", "buckets", "draws", "batch_size"):
         c.integer(f"calibration.{key}", 1)
     if c.get("loss.bce") is False and c.get("loss.lambda_dsm") == 0:
