@@ -47,6 +47,9 @@ class Meter:
         for k in ("loss", "l_d", "l_dsm"):
             s[k] += terms[k].detach().double()
         s["grad_norm"] += grad_norm.detach().double()
+        for k in ("l_nce", "acc_nce"):  # with loss.contrastive only (same on every process)
+            if k in terms:
+                s[k] = s.get(k, torch.zeros_like(s["loss"])) + terms[k].detach().double()
         self._by_bucket("real", terms["t_real"], terms["logit_real"] > 0)
         self._by_bucket("fake", terms["t_fake"], terms["logit_fake"] < 0)
         if "res_norm_audio" in terms:
@@ -62,7 +65,8 @@ class Meter:
         sizes = [self.sums[k].numel() for k in names]
         s = dict(zip(names, torch.split(flat, sizes)))
         per_step = s["steps"].item() or math.nan  # steps x processes (none: all skipped)
-        row = {k: s[k].item() / per_step for k in ("loss", "l_d", "l_dsm")}
+        row = {k: s[k].item() / per_step for k in ("loss", "l_d", "l_dsm", "l_nce", "acc_nce")
+               if k in s}  # fmt: skip
         for name in ("real", "fake"):
             row[f"acc_{name}"] = s[f"{name}_ok"].sum().item() / max(s[f"{name}_n"].sum().item(), 1)
         for name in ("real", "fake"):

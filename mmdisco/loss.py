@@ -12,6 +12,14 @@
   (``mismatch``), or a real pair whose video is shifted in time by 1..``max_shift`` latent
   frames (``shift``). They carry the real marginals, so D can only tell them by how the
   modalities agree, which is exactly what guidance should enforce.
+- Contrastive term (beyond the paper): ``contrastive={weight: w, group: G}`` draws one t per
+  group of G real pairs and scores every (audio i, video j) of a group with D (the streams run
+  once per clip, the head per pair); a symmetric cross-entropy asks each audio to pick its own
+  video among the group's and each video its audio (InfoNCE). Its minimiser includes the log
+  density ratio that L_D's is, so the two agree at the optimum; what it adds is gradient: the
+  softmax puts it on the mismatched pairs D currently scores highest, e.g. clips that agree in
+  time but not in content, which independent fakes rarely are (1/8 of them in the synthetic
+  world) and L_D's batch mean weighs no more than the easy ones.
 
 One t is drawn per pair and shared by its modalities; the noises are independent.
 Base predictions are computed without gradient (the bases are frozen black boxes).
@@ -21,6 +29,7 @@ slicing it per process makes several processes see exactly the draws of one.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -120,6 +129,30 @@ def check_negatives(negatives: Mapping[str, float] | None) -> dict[str, float]:
     return out
 
 
+def check_contrastive(contrastive: Mapping[str, float] | None) -> dict[str, float]:
+    """``{"weight": w >= 0, "group": G >= 2}`` (None or weight 0: off)."""
+    c = dict(contrastive or {})
+    unknown = set(c) - {"weight", "group"}
+    if unknown:
+        raise ValueError(f"loss.contrastive has unknown keys {sorted(unknown)}: use weight, group")
+    out = {"weight": float(c.get("weight", 0.0)), "group": int(c.get("group", 8))}
+    if out["weight"] < 0:
+        raise ValueError(f"loss.contrastive.weight must be >= 0, got {out['weight']}")
+    if out["group"] < 2:
+        raise ValueError(f"loss.contrastive.group must be >= 2 pairs, got {out['group']}")
+    return out
+
+
+def group_pairs(num: int, group: int, device=None) -> tuple[Tensor, Tensor]:
+    """Index tensors (ia, iv), each (num * group,): every (i, j) with i, j in the same group of
+    ``group`` consecutive pairs, row-major (audio i, then video j)."""
+    g = torch.arange(num // group, device=device)[:, None, None] * group
+    i = torch.arange(group, device=device)
+    ia = (g + i[None, :, None]).expand(-1, group, group).reshape(-1)
+    iv = (g + i[None, None, :]).expand(-1, group, group).reshape(-1)
+    return ia, iv
+
+
 def shift_time(x: Tensor, shifts: Tensor, axis: int) -> Tensor:
     """Shift each sample of x along ``axis`` by ``shifts[i]`` steps (positive: later), filling
     with the edge step (a held first / last frame), not wrapping around."""
@@ -172,6 +205,10 @@ class JointLoss:
             the paper's); see the module docstring.
         negatives: ``{"mismatch": f1, "shift": f2, "max_shift": k}``: fractions of the fake
             batch replaced by mismatched / time-shifted real pairs (default: none, the paper's).
+        contrastive: ``{"weight": w, "group": G}``: add w times the symmetric InfoNCE over the
+            G x G (audio, video) pairs of each group of G real pairs, which share one t
+            (default: none, the paper's). Needs an unconditional D whose forward takes
+            ``pairs`` (``TwoStreamDiscriminator``) and a per-process batch divisible by G.
         residual_fp32: compute D's forward on real pairs and its input gradient r_m in float32
             with autocast disabled, even inside a mixed-precision (autocast) region; the base
             predictions and D's forward on fake pairs still follow the surrounding autocast.
@@ -188,6 +225,7 @@ class JointLoss:
         negatives: Mapping[str, float] | None = None,
         dsm_weighting: str = "eps",
         dsm_weight_max: float = 100.0,
+        contrastive: Mapping[str, float] | None = None,
     ):
         if dsm_weighting not in DSM_WEIGHTINGS:
             raise ValueError(
@@ -201,6 +239,7 @@ class JointLoss:
                 f"dsm_reduction must be one of {DSM_REDUCTIONS}, got {dsm_reduction!r}"
             )
         self.negatives = check_negatives(negatives)
+        self.contrastive = check_contrastive(contrastive)
         if t_power <= 0:
             raise ValueError(f"t_power must be > 0 (1: uniform t, the paper's), got {t_power}")
         if not bce and lambda_dsm == 0:
@@ -229,6 +268,10 @@ class JointLoss:
             device = generator.device if generator is not None else "cpu"
         b_real, b_fake = real_shapes["audio"][0], fake_shapes["audio"][0]
         t = self.draw_t(b_real + b_fake, num_train_timesteps, generator, device)
+        if self.contrastive["weight"] > 0:  # one t per group of G real pairs (its first one's)
+            g = self.contrastive["group"]
+            first = torch.arange(b_real, device=t.device) // g * g
+            t = torch.cat([t[:b_real][first], t[b_real:]])
         keep_real = keep_fake = None
         if conditional and self.cond_dropout > 0:
             keep_real = torch.rand(b_real, generator=generator, device=device) >= self.cond_dropout
@@ -340,6 +383,15 @@ class JointLoss:
         else:
             terms["l_dsm"] = torch.zeros((), device=dev)
         terms["loss"] = (terms["l_d"] if self.bce else 0.0) + self.lambda_dsm * terms["l_dsm"]
+        if self.contrastive["weight"] > 0:
+            if discriminator_condition(real_conds) is not None:
+                raise ValueError(
+                    "loss.contrastive pairs one clip's audio with another's video, which a "
+                    "text-conditional D cannot score without a prompt for the pair: use it with "
+                    "an unconditional discriminator (or set loss.contrastive=null)"
+                )
+            terms["l_nce"], terms["acc_nce"] = self.l_nce(discriminator, xt_real, t_real)
+            terms["loss"] = terms["loss"] + self.contrastive["weight"] * terms["l_nce"]
         terms["acc_real"] = (logit_real.detach() > 0).float().mean()
         terms["acc_fake"] = (logit_fake.detach() < 0).float().mean()
         terms["t_real"], terms["t_fake"] = t_real, t_fake
@@ -376,6 +428,33 @@ class JointLoss:
             fp32=self.residual_fp32,
         )
         return logit, res
+
+    def l_nce(self, discriminator, xt_real, t_real) -> tuple[Tensor, Tensor]:
+        """Symmetric InfoNCE over each group's G x G (audio i, video j) logits, and the fraction
+        of rows and columns whose largest logit is the true pair."""
+        g, b = self.contrastive["group"], t_real.shape[0]
+        if b % g or (t_real.view(-1, g) != t_real.view(-1, g)[:, :1]).any():
+            raise ValueError(
+                f"loss.contrastive.group ({g}) must divide each process's real batch ({b}) "
+                f"so that a group shares one t: set train.batch_size / processes to a multiple"
+            )
+        ia, iv = group_pairs(b, g, t_real.device)
+        xa, xv = xt_real["audio"].detach(), xt_real["video"].detach()
+        module = getattr(discriminator, "module", discriminator)  # DDP wraps the real one
+        if "pairs" not in inspect.signature(module.forward).parameters:
+            raise TypeError(
+                f"loss.contrastive needs a discriminator whose forward scores index pairs, "
+                f"forward(audio, video, t, cond, pairs=(ia, iv)) as TwoStreamDiscriminator's; "
+                f"{type(module).__name__} has none (or set loss.contrastive=null)"
+            )
+        logits = discriminator(xa, xv, t_real, None, pairs=(ia, iv))
+        logits = logits.float().view(b // g, g, g)  # [group, audio i, video j]
+        target = torch.arange(g, device=logits.device).expand(b // g, g)
+        rows = F.cross_entropy(logits.flatten(0, 1), target.reshape(-1))
+        cols = F.cross_entropy(logits.transpose(1, 2).flatten(0, 1), target.reshape(-1))
+        hits = (logits.argmax(2) == target).float().mean()  # audio picks its video
+        hits = hits + (logits.argmax(1) == target).float().mean()  # video picks its audio
+        return (rows + cols) / 2, hits.detach() / 2
 
     @staticmethod
     def l_d(logit_real: Tensor, logit_fake: Tensor) -> Tensor:

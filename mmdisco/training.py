@@ -32,6 +32,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
 from hydra.utils import instantiate
@@ -236,10 +237,45 @@ def calibrate_run(cfg, bases, real, num_heldout: int, weights: Path, device) -> 
         conditions(bases, batch),
     )
     scales = dsm_optimal_scales(stats, per_bucket=bool(cal.per_bucket))
-    extra = {"heldout_pairs": n, "draws": int(cal.draws)}
+    extra = {"heldout_pairs": n, "draws": int(cal.draws), "criterion": "dsm"}
+    how = f"L_DSM-optimal on {n} held-out real pairs"
+    if cal.get("criterion", "dsm") == "alignment":
+        extra.update(dsm_scales=scales, criterion="alignment", scorer=str(cal.scorer))
+        scale, extra["grid_scores"] = alignment_search(cfg, bases, real, first, n, disc, device)
+        scales = dict.fromkeys(bases.names, scale)
+        how = f"best {cal.scorer} alignment over calibration.grid, held-out prompts"
     save_joint_scales(Path(cfg.run_dir) / SCALES_FILE, scales, stats, extra)
-    print(f"joint scales (L_DSM-optimal on {n} held-out real pairs): {scales}")
+    print(f"joint scales ({how}): {scales}")
     return scales
+
+
+def alignment_search(cfg, bases, real, first: int, n: int, disc, device):
+    """``calibration.criterion=alignment``: the scale of ``calibration.grid`` whose guided
+    samples agree best by ``calibration.scorer`` (``mmdisco.scale_search``)."""
+    from mmdisco.scale_search import search_joint_scale
+
+    cal = cfg.calibration
+    num = int(cal.pairs)
+    prompts = None
+    if bases.text_conditional:  # the held-out pairs' captions, cycled
+        captions = [real.captions[first + i] for i in range(n)]
+        prompts = [captions[i % len(captions)] for i in range(num)]
+    seed = int(np.random.SeedSequence([int(cfg.seed), CALIBRATION_STREAM, 1]).generate_state(1)[0])
+    print(f"choosing the joint scale: {num} guided pairs per scale of {list(cal.grid)}")
+    return search_joint_scale(
+        bases,
+        disc,
+        cfg.sampler,
+        list(cal.grid),
+        num,
+        seed,
+        str(cal.scorer),
+        device,
+        prompts,
+        bool(cfg.guidance.discriminator_cfg),
+        int(cal.batch_size),
+        progress=bool(cfg.progress),
+    )
 
 
 def start_run(cfg: DictConfig) -> tuple[Accelerator, Path, RunLock | None]:

@@ -18,9 +18,11 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mmdisco.faults import NONFINITE_MODES
-from mmdisco.loss import DSM_REDUCTIONS, DSM_WEIGHTINGS, check_negatives
+from mmdisco.loss import DSM_REDUCTIONS, DSM_WEIGHTINGS, check_contrastive, check_negatives
+from mmdisco.pairs.fakes import SEEDINGS as FAKE_SEEDINGS
 from mmdisco.runs import CONFIG_FILE, WEIGHTS_FILE
 from mmdisco.sampling import SOLVERS, SPACINGS
+from mmdisco.scale_search import CRITERIA, SCORERS
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 _UNSET = object()
@@ -196,6 +198,7 @@ def train_checks(cfg: DictConfig) -> Checks:
     c.boolean("train.tensorboard")
     for key in ("num_pairs", "batch_size", "shard_size"):
         c.integer(f"fake.{key}", 1)
+    c.choice("fake.seeding", FAKE_SEEDINGS)
     c.number("loss.lambda_dsm", low=0)
     c.number("loss.cond_dropout", low=0, high=1, high_open=False)
     c.number("loss.t_power", low=0, low_open=True)
@@ -208,7 +211,29 @@ def train_checks(cfg: DictConfig) -> Checks:
             check_negatives(dict(negatives))
         except ValueError as e:
             c.fail("loss.negatives", str(e))
+    contrastive = c.get("loss.contrastive")
+    if isinstance(contrastive, DictConfig):
+        try:
+            check_contrastive(dict(contrastive))
+        except ValueError as e:
+            c.fail("loss.contrastive", str(e))
+        else:
+            group, batch = contrastive.get("group", 8), c.get("train.batch_size")
+            if contrastive.get("weight", 0) and isinstance(batch, int) and batch % group:
+                c.fail(
+                    "loss.contrastive.group",
+                    f"must divide train.batch_size ({batch}): each group of real pairs shares a t",
+                )
     c.number("calibration.holdout", low=0, high=1)
+    c.choice("calibration.criterion", CRITERIA)
+    if c.get("calibration.criterion") == "alignment":
+        c.choice("calibration.scorer", SCORERS)
+        c.integer("calibration.pairs", 1)
+        grid = c.get("calibration.grid")
+        if not isinstance(grid, ListConfig) or not grid or not all(
+            isinstance(v, (int, float)) and v > 0 for v in grid
+        ):
+            c.fail("calibration.grid", f"must be a non-empty list of joint scales > 0, got {grid}")
     for key in ("max_pairs", "buckets", "draws", "batch_size"):
         c.integer(f"calibration.{key}", 1)
     if c.get("loss.bce") is False and c.get("loss.lambda_dsm") == 0:

@@ -52,6 +52,8 @@ def _suite(cfg: DictConfig):
             progress=cfg.progress,
             imagebind=plain(cfg.get("imagebind")),
             video_fps=cfg.get("video_fps"),
+            synchformer=plain(cfg.get("synchformer")),
+            desync_seconds=cfg.get("desync_seconds", 8.0),
         )
     )
 

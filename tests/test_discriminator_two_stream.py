@@ -330,3 +330,37 @@ def test_1d_audio_folds_spectrogram_frequencies_into_channels():
     torch.testing.assert_close(disc(audio, video, t), disc(by_hand, video, t))
     # a frequency permutation changes the logit: bins are not pooled away
     assert not torch.allclose(disc(audio.flip(3), video, t), disc(audio, video, t))
+
+
+@pytest.mark.parametrize("kind", ["framewise", "mlp"])
+def test_index_pairs_score_like_the_gathered_pairs(kind):
+    """forward(..., pairs=(ia, iv)) runs each stream once and the head per pair: the logits
+    equal those of the explicitly gathered (audio[ia], video[iv]) at t[ia]."""
+    model = perturb(tiny("synthetic", {"kind": kind})).eval()
+    audio, video, _, _ = inputs(model, batch=4)
+    t = torch.tensor([10, 10, 700, 700])
+    ia, iv = torch.tensor([0, 0, 1, 2, 3, 3]), torch.tensor([0, 1, 0, 3, 2, 3])
+    got = model(audio, video, t, None, pairs=(ia, iv))
+    want = model(audio[ia], video[iv], t[ia])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got[0], got[1])  # another video, another logit
+
+
+def test_framewise_code_head_adds_the_log_ratio_of_a_shared_code():
+    """kind=framewise_code: the framewise score + log sum_j p_a(j) p_v(j) J, p_m the softmax of
+    a code each modality infers from its time-averaged features alone."""
+    model = perturb(tiny("synthetic", {"kind": "framewise_code", "codes": 5})).eval()
+    audio, video, t, _ = inputs(model, batch=3)
+    head = model.head
+    v, a, temb = model.streams(audio, video, t)
+    code = head.code
+    head.code = None
+    framewise = head(v, a, temb)
+    head.code = code
+    la = code["audio"](a.mean(1)).log_softmax(1)
+    lv = code["video"](v.mean(1)).log_softmax(1)
+    want = framewise + torch.log((la.exp() * lv.exp()).sum(1) * 5)
+    torch.testing.assert_close(head(v, a, temb), want, atol=1e-5, rtol=1e-5)
+    assert code["audio"][-1].out_features == 5
+    with pytest.raises(ValueError, match="codes must be >= 2"):
+        tiny("synthetic", {"kind": "framewise_code", "codes": 1})

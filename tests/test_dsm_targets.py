@@ -153,6 +153,8 @@ def test_bad_draws_are_refused_clearly(setup, tmp_path):
             check_dsm_draws(bad, loss)
     with pytest.raises(ValueError, match="loss.lambda_dsm=0 has no L_DSM"):
         check_dsm_draws(4, JointLoss(lambda_dsm=0.0))
+    with pytest.raises(ValueError, match="set loss.contrastive=null or train.dsm_draws=null"):
+        check_dsm_draws(4, JointLoss(contrastive={"weight": 0.1, "group": 4}))
     bases, real = setup
     with pytest.raises(ValueError, match="draws must be an integer >= 1"):
         precompute_dsm_targets(real, bases, loss, cache_dir=tmp_path, draws=0)

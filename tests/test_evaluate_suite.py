@@ -124,13 +124,12 @@ def test_missing_weights_is_one_clear_error(setup, tmp_path):
     assert "harritaylor/torchvggish/releases" in proc.stderr
 
 
-def test_unknown_and_unimplemented_metrics_are_refused():
+def test_aliases_and_unknown_metrics():
     assert resolve_metrics(["fvd", "fvd/videogpt-i3d400", "fvd_stylegan"]) == [
         "fvd/videogpt-i3d400",
         "fvd/stylegan-v",
     ]
-    with pytest.raises(NotImplementedError, match="Synchformer"):
-        resolve_metrics(["desync"])
+    assert resolve_metrics(["desync"]) == ["desync/synchformer-avbench"]
     assert resolve_metrics(["fad_audioclip", "fd_panns"]) == [
         "fad/audioclip-mmdiffusion",
         "fd/panns-cnn14-16k",
@@ -268,3 +267,39 @@ def test_audioclip_fad_through_the_suite(setup, tmp_path):
 
     expected = 1e4 * frechet_distance_features(emb("guided"), emb("reference"), method="svd")
     assert got == {"fad/audioclip-mmdiffusion": pytest.approx(expected, rel=1e-4)}
+
+
+def test_desync_through_the_suite(setup, tmp_path):
+    """desync/synchformer-avbench from synchformer_state_dict.pth (a tiny seeded one) equals the
+    mean over clips of the network's own windows on the prepared clips (network and pipeline
+    are checked against av-benchmark apart); 2 s clips are refused by name, never padded."""
+    from test_metrics_desync import GOLDEN, TINY, tiny_model
+
+    from mmdisco.metrics import synchformer as S
+
+    clips = tmp_path / "clips"
+    rng = np.random.default_rng(7)
+    for i in range(2):  # 6 s at 8 fps: 150 frames at 25 fps, 17 segments, two distinct windows
+        frames = rng.integers(0, 256, (48, 32, 40, 3), dtype=np.uint8)
+        audio = 0.3 * rng.standard_normal(6 * 16_000).astype(np.float32)
+        write_video_with_audio(clips / f"{i:05d}.mp4", frames, 8, audio, 16_000)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    torch.save(seeded_state_dict(GOLDEN["tiny_keys"], seed=0),
+               weights / "synchformer_state_dict.pth")  # fmt: skip
+    cfg = dict(weights_dir=str(weights), cache_dir=None, progress=False,
+               synchformer=dataclasses.asdict(TINY), batch_size=4)  # fmt: skip
+    suite = MetricSuite(SuiteConfig(**cfg))
+    got = suite.evaluate(clips, ["desync"])
+    assert list(got) == ["desync/synchformer-avbench"]
+    net, expected = tiny_model(), []
+    for p in sorted(clips.glob("*.mp4")):
+        video, mel = S.prepare_clip(*read_video_with_audio(p, mono=True))
+        assert len(video) == 17
+        with torch.no_grad():
+            expected.append(S.desync_of_logits(net.window_logits(video, mel)))
+    assert got["desync/synchformer-avbench"] == pytest.approx(np.mean(expected), abs=1e-9)
+    assert 0 <= got["desync/synchformer-avbench"] <= 2
+    with pytest.raises(ValueError, match=r"00000\.mp4: DeSync needs at least 4\.8 s") as err:
+        suite.evaluate(setup / "guided", ["desync"])  # 2 s clips
+    assert "50 frames at 25 fps" in str(err.value) and "never padded" in str(err.value)

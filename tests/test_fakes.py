@@ -136,3 +136,19 @@ def test_text_conditional_bases_sample_with_the_stored_prompt_conditions(tmp_pat
     for m in ("audio", "video"):
         assert torch.equal(again[m], batch[m])
     assert batch_conditions(bases, batch)["video"].guidance_scale == 7.5
+
+
+def test_per_batch_seeding_draws_batch_j_from_one_generator_seeded_seed_plus_j(bases, tmp_path):
+    """The toy's historic draw (Table 1): batch j of B pairs from ``Generator(seed + j)``; the
+    shard size (3) is rounded up to whole batches (4)."""
+    path = fakes(bases, tmp_path, seeding="per_batch", batch_size=4, shard_size=3)
+    pairs = ShardedPairs(path).load_all()
+    assert len(list(path.glob("shard-*"))) == 3  # 10 pairs in shards of 4, 4, 2
+    sampler = JointSampler(bases, **SAMPLER)
+    for j, (first, n) in enumerate([(0, 4), (4, 4), (8, 2)]):
+        gen = torch.Generator().manual_seed(OPTS["seed"] + j)
+        alone = sampler.sample(n, generator=gen)
+        for m in ("audio", "video"):
+            torch.testing.assert_close(pairs[m][first : first + n], alone[m])
+    with pytest.raises(ValueError, match="fake.seeding must be one of"):
+        fakes(bases, tmp_path, seeding="per_sample")

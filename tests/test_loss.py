@@ -197,3 +197,61 @@ def test_x0_weighting_scales_each_pair_by_sigma2_over_alpha2_capped(bases):
     assert JointLoss().dsm_weights(bases.schedules, t) == {"audio": None, "video": None}
     with pytest.raises(ValueError, match="dsm_weighting"):
         JointLoss(dsm_weighting="snr")
+
+
+class PairProductD(nn.Module):
+    """logit = w * a . v, scoring index pairs like TwoStreamDiscriminator."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(0.7))
+
+    def forward(self, audio, video, t, cond=None, pairs=None):
+        if pairs is not None:
+            audio, video = audio[pairs[0]], video[pairs[1]]
+        return self.w * (audio * video).sum(1)
+
+
+def test_contrastive_term_is_the_symmetric_infonce_of_each_groups_pair_logits(bases):
+    loss = JointLoss(lambda_dsm=0, contrastive={"weight": 0.5, "group": 4})
+    real, fake = pairs(8, 0), pairs(8, 1)
+    draws = loss.draw(100, {m: (8, 1) for m in real}, {m: (8, 1) for m in fake},
+                      generator=torch.Generator().manual_seed(0))  # fmt: skip
+    t = draws.t_real
+    assert (t[:4] == t[0]).all() and (t[4:] == t[4]).all() and t[0] != t[4]  # one t per group
+    base = JointLoss(lambda_dsm=0).draw(100, {m: (8, 1) for m in real}, {m: (8, 1) for m in fake},
+                                        generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert torch.equal(draws.t_fake, base.t_fake) and torch.equal(t[[0, 4]], base.t_real[[0, 4]])
+    d = PairProductD()
+    out = loss(d, bases, real, fake, draws=draws)
+    xt = loss.noised(bases, real, t, draws.noise_real)
+    want, hits = 0.0, 0.0
+    for g in (slice(0, 4), slice(4, 8)):
+        logits = 0.7 * xt["audio"][g] @ xt["video"][g].T  # [audio i, video j]
+        target = torch.arange(4)
+        rows = torch.nn.functional.cross_entropy(logits, target)
+        cols = torch.nn.functional.cross_entropy(logits.T, target)
+        want += (rows + cols).item() / 4  # mean of the two directions, mean over 2 groups
+        hits += ((logits.argmax(1) == target).float().mean() + (logits.argmax(0) == target)
+                 .float().mean()).item() / 4  # fmt: skip
+    assert out["l_nce"].item() == pytest.approx(want, rel=1e-5)
+    assert out["acc_nce"].item() == pytest.approx(hits)
+    assert out["loss"].item() == pytest.approx(out["l_d"].item() + 0.5 * want, rel=1e-5)
+    out["loss"].backward()
+    assert d.w.grad is not None and d.w.grad != 0
+
+
+def test_contrastive_term_refuses_what_it_cannot_score(bases):
+    real, fake = pairs(6, 0), pairs(6, 1)
+    with pytest.raises(ValueError, match="must divide each process's real batch"):
+        JointLoss(lambda_dsm=0, contrastive={"weight": 1, "group": 4})(
+            PairProductD(), bases, real, fake, generator=torch.Generator().manual_seed(0)
+        )
+    with pytest.raises(TypeError, match="scores index pairs"):
+        JointLoss(lambda_dsm=0, contrastive={"weight": 1, "group": 3})(
+            ProductD(), bases, real, fake, generator=torch.Generator().manual_seed(0)
+        )
+    with pytest.raises(ValueError, match="group must be >= 2"):
+        JointLoss(contrastive={"weight": 1, "group": 1})
+    with pytest.raises(ValueError, match="unknown keys"):
+        JointLoss(contrastive={"weigth": 1})

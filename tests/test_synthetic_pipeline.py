@@ -22,10 +22,14 @@ def test_synthetic_world_end_to_end(tmp_path):
         "train.py", "experiment=synthetic", f"run_dir={run}", f"cache_dir={tmp_path}/cache",
         "data.num_clips=12", "fake.num_pairs=8", "fake.batch_size=4", "fake.shard_size=4",
         "train.steps=4", "train.batch_size=4", "train.log_every=2", "train.ckpt_every=2",
-        "sampler.num_steps=3", *common,
+        "sampler.num_steps=3", "calibration.pairs=2", "calibration.grid=[1,100]", *common,
     )  # fmt: skip
     for f in ("discriminator.safetensors", "train_log.csv", "config.yaml"):
         assert (run / f).exists(), f
+    # the joint scale chosen after training by the decoders' agreement (no hand-set scale)
+    scales = json.loads((run / "joint_scales.json").read_text())
+    assert scales["criterion"] == "alignment" and set(scales["grid_scores"]) == {"1", "100"}
+    assert scales["audio"] == scales["video"] in (1.0, 100.0) and "dsm_scales" in scales
     sampling = ["num_samples=3", "batch_size=2", "sampler.joint_num_steps=2", *common]
     script("sample.py", f"run_dir={run}", "guided=false", *sampling)
     script("sample.py", f"run_dir={run}", "guided=true", *sampling)

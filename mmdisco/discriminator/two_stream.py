@@ -9,6 +9,7 @@ fusion head turns them into one logit.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 
@@ -21,7 +22,7 @@ from mmdisco.nn import timestep_embedding
 
 VIDEO_CONVS = ("2d+1d", "3d")
 AUDIO_CONVS = ("1d", "2d")
-FUSIONS = ("mlp", "transformer", "frieren", "framewise", "framewise_pooled")
+FUSIONS = ("mlp", "transformer", "frieren", "framewise", "framewise_pooled", "framewise_code")
 SINUSOIDS = ("adm", "diffusers")
 
 
@@ -45,6 +46,7 @@ class Fusion:
     heads: int = 8
     head_dim: int = 64
     max_tokens: int = 128
+    codes: int = 16  # "framewise_code": the size J of the shared code
 
     @classmethod
     def of(cls, value: str | Mapping | Fusion) -> Fusion:
@@ -279,7 +281,9 @@ class FramewiseHead(nn.Module):
     few hundred steps where the transformer heads need thousands.
     """
 
-    def __init__(self, feat_dim: int, hidden: Sequence[int] = (64,), pooled: bool = False):
+    def __init__(
+        self, feat_dim: int, hidden: Sequence[int] = (64,), pooled: bool = False, codes: int = 0
+    ):
         super().__init__()
         if not hidden:
             raise ValueError(
@@ -294,9 +298,23 @@ class FramewiseHead(nn.Module):
         # "framewise_pooled": plus a coupled score of the clip-level (time-averaged) features,
         # which pools the evidence for what does not change over time (a class) over all frames
         self.pooled = MeanConcatHead(feat_dim, hidden) if pooled else None
+        # "framewise_code": plus log sum_j p_a(j) p_v(j) J, a code of J states each modality
+        # infers from its time-averaged features alone: the form of the exact ratio of a world
+        # whose modalities share a discrete latent (synthetic_oracle.py), which rewards using
+        # every state (the mutual information of the two codes) rather than the fewest that work
+        self.code = None
+        if codes:
+            if codes < 2:
+                raise ValueError(f"fusion.codes must be >= 2, got {codes}")
+            self.code = nn.ModuleDict({
+                m: nn.Sequential(nn.Linear(feat_dim, hidden[0]), nn.SiLU(),
+                                 nn.Linear(hidden[0], codes))
+                for m in ("audio", "video")
+            })  # fmt: skip
 
     def forward(self, video: Tensor, audio: Tensor, temb: Tensor) -> Tensor:
         frames = video.shape[1]  # video (B, F, C), audio (B, T, C)
+        audio_tokens = audio
         if audio.shape[1] != frames:
             audio = F.interpolate(audio.transpose(1, 2), size=frames, mode="linear",
                                   align_corners=False).transpose(1, 2)  # (B, F, C)  # fmt: skip
@@ -304,6 +322,10 @@ class FramewiseHead(nn.Module):
         logit = self.out(self.mlp(x)).squeeze(2).mean(1)  # (B,)
         if self.pooled is not None:
             logit = logit + self.pooled(video, audio, temb)  # (B,)
+        if self.code is not None:
+            la = self.code["audio"](audio_tokens.mean(1)).float().log_softmax(1)  # (B, J)
+            lv = self.code["video"](video.mean(1)).float().log_softmax(1)  # (B, J)
+            logit = logit + (la + lv).logsumexp(1) + math.log(la.shape[1])  # (B,)
         return logit
 
 
@@ -456,9 +478,10 @@ class TwoStreamDiscriminator(nn.Module):
         feat_dim = self.video_stream.out_channels
         if fusion.kind == "mlp":
             self.head = MeanConcatHead(feat_dim, fusion.mlp_hidden)
-        elif fusion.kind in ("framewise", "framewise_pooled"):
+        elif fusion.kind in ("framewise", "framewise_pooled", "framewise_code"):
             pooled = fusion.kind == "framewise_pooled"
-            self.head = FramewiseHead(feat_dim, fusion.mlp_hidden, pooled=pooled)
+            codes = fusion.codes if fusion.kind == "framewise_code" else 0
+            self.head = FramewiseHead(feat_dim, fusion.mlp_hidden, pooled=pooled, codes=codes)
         else:
             self.head = TransformerHead(
                 fusion.kind, feat_dim, time_dim, fusion.dim, fusion.out_dim, fusion.layers,
@@ -488,8 +511,29 @@ class TwoStreamDiscriminator(nn.Module):
         return temb, embs[0], embs[1]
 
     def forward(
-        self, audio: Tensor, video: Tensor, t: Tensor, cond: dict[str, Tensor] | None = None
+        self,
+        audio: Tensor,
+        video: Tensor,
+        t: Tensor,
+        cond: dict[str, Tensor] | None = None,
+        pairs: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
+        """The logit (B,) of the pairs (audio[i], video[i]) at t[i]. With ``pairs = (ia, iv)``
+        (index tensors of length P) the logit (P,) of (audio[ia[p]], video[iv[p]]) at t[ia[p]]
+        (which must equal t[iv[p]]): every stream runs once, only the head runs per pair."""
+        v, a, temb = self.streams(audio, video, t, cond)
+        if pairs is not None:
+            ia, iv = pairs
+            v, a, temb = v[iv], a[ia], temb[ia]
+        return self.head_logit(v, a, temb)
+
+    def streams(
+        self, audio: Tensor, video: Tensor, t: Tensor, cond: dict[str, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Each modality's stream alone: video tokens (B, F, C), audio tokens (B, T', C) and the
+        step embedding (B, E). The head couples them (:meth:`head_logit`); pairing the tokens of
+        one clip's audio with another's video at the same t scores the mismatched pair without
+        running the streams again (``JointLoss``'s contrastive term)."""
         temb, audio_emb, video_emb = self.embeddings(t, cond, video.dtype)  # (B, E) x3
         if self.audio_conv == "1d" and audio.ndim == 4:  # (B, C, T, F) -> (B, C * F, T)
             audio = audio.transpose(2, 3).flatten(1, 2)
@@ -497,7 +541,11 @@ class TwoStreamDiscriminator(nn.Module):
         v = self.video_stream(video, video_emb)  # (B, C, F, H', W')
         a = a.flatten(2) if a.ndim == 3 else a.mean(3)  # (B, C, T')
         v = v.mean((3, 4))  # (B, C, F)
-        h = self.head(v.transpose(1, 2), a.transpose(1, 2), temb).float()  # (B,)
+        return v.transpose(1, 2), a.transpose(1, 2), temb
+
+    def head_logit(self, video_tokens: Tensor, audio_tokens: Tensor, temb: Tensor) -> Tensor:
+        """The logit (B,) of the pairs (video_tokens[i], audio_tokens[i]) at temb[i]."""
+        h = self.head(video_tokens, audio_tokens, temb).float()  # (B,)
         if self.logit_eps > 0:
             p = torch.sigmoid(h)  # (B,)
             h = torch.log(p + self.logit_eps) - torch.log1p(self.logit_eps - p)  # (B,)

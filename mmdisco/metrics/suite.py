@@ -9,7 +9,7 @@ Implemented (``PROTOCOLS``): FVD / KVD on I3D-400 logits (VideoGPT / MM-Diffusio
 StyleGAN-V's TorchScript detector (the paper's), FAD on VGGish (AudioLDM's, the paper's), FD on
 PANNs Cnn14 (AudioLDM's "FD"), ImageBind IB-AV / IB-TV / IB-TA (the paper's), CLAP text-audio
 score, AV-Align (2025 reference and the paper's A.10.1 variant), FAD on AudioCLIP x 1e4
-(MM-Diffusion's). Not implemented (``NOT_IMPLEMENTED``): DeSync (Synchformer).
+(MM-Diffusion's), DeSync with Synchformer (MMAudio's av-benchmark; clips of at least 4.8 s).
 
 Every output key is ``metric/protocol``: two FVDs (``fvd/videogpt-i3d400``, MM-Diffusion's;
 ``fvd/stylegan-v``, the MMDisCo paper's) give different numbers and are never mixed. Features
@@ -50,6 +50,7 @@ PROTOCOLS = {
     "ib_ta/imagebind-huge": ("per-clip", "imagebind"),
     "av_align/tempotokens-2025": ("per-clip", None),
     "av_align/mmdisco-a10.1": ("per-clip", None),
+    "desync/synchformer-avbench": ("per-clip", "synchformer"),
 }
 ALIASES = {
     "fvd": ["fvd/videogpt-i3d400"],
@@ -64,6 +65,7 @@ ALIASES = {
     "ib_tv": ["ib_tv/imagebind-huge"],
     "ib_ta": ["ib_ta/imagebind-huge"],
     "av_align": ["av_align/tempotokens-2025", "av_align/mmdisco-a10.1"],
+    "desync": ["desync/synchformer-avbench"],
 }
 # IB-AV, IB-TV, IB-TA: cosine similarity of ImageBind embeddings (v: video, a: audio, t: text)
 IB_PAIRS = {
@@ -71,20 +73,11 @@ IB_PAIRS = {
     "ib_tv/imagebind-huge": ("t", "v"),
     "ib_ta/imagebind-huge": ("t", "a"),
 }
-NOT_IMPLEMENTED = {
-    "desync": "DeSync (Synchformer, MMAudio's av-benchmark)",
-}
-
 
 def resolve_metrics(names) -> list[str]:
     """Aliases and protocol names -> protocol names, in order, without repeats."""
     out = []
     for name in names:
-        if name in NOT_IMPLEMENTED:
-            raise NotImplementedError(
-                f"metric {name!r} ({NOT_IMPLEMENTED[name]}) is not implemented in this library "
-                f"yet; implemented: {sorted(ALIASES)} or protocols {sorted(PROTOCOLS)}"
-            )
         found = ALIASES.get(name, [name] if name in PROTOCOLS else None)
         if found is None:
             raise ValueError(
@@ -111,6 +104,8 @@ class SuiteConfig:
     progress: bool = True
     imagebind: dict = field(default_factory=dict)  # ImageBindConfig overrides (tests: tiny)
     video_fps: float | None = None  # FVD / KVD: read every clip at this frame rate (None: native)
+    synchformer: dict = field(default_factory=dict)  # SynchformerConfig overrides (tests: tiny)
+    desync_seconds: float = 8.0  # DeSync scores the first min(duration, this) s (av-benchmark)
 
 
 class FeatureCache:
@@ -209,6 +204,12 @@ class MetricSuite:
             with torch.device("meta"):  # 1.1B parameters: no random init, the file's tensors
                 net = ImageBind(ImageBindConfig(**(self.cfg.imagebind or {})))
             return self._loaded(net, select_state(load_state_dict(path)), path, assign=True)
+        if name == "synchformer":
+            from mmdisco.metrics.synchformer import Synchformer, SynchformerConfig
+
+            with torch.device("meta"):  # 237M parameters: no random init, the file's tensors
+                net = Synchformer(SynchformerConfig(**(self.cfg.synchformer or {})))
+            return self._loaded(net, load_state_dict(path), path, assign=True)
         if name == "imagebind_bpe":
             from mmdisco.metrics.imagebind_data import BPETokenizer
 
@@ -358,6 +359,21 @@ class MetricSuite:
                 scores[v].append(A.peak_iou(audio_peaks, video_peaks, fps, q.one_to_one))
         return {v: np.asarray(s) for v, s in scores.items()}
 
+    @torch.no_grad()
+    def _desync(self, paths: list[Path]) -> np.ndarray:
+        """Per clip: the mean |offset| (s) Synchformer predicts on its first and last 4.8 s."""
+        from mmdisco.metrics.synchformer import desync_of_logits, prepare_clip
+
+        net, scores = self.network("synchformer"), []
+        for p in self._bar(paths, "Synchformer"):  # one clip at a time: 14-24 segments each
+            frames, fps, audio, sr = read_video_with_audio(p, mono=True)
+            video, mel = prepare_clip(frames, fps, audio, sr, self.cfg.desync_seconds, str(p))
+            with full_fp32():
+                logits = net.window_logits(video.to(self.device), mel.to(self.device),
+                                           chunk=self.cfg.batch_size)  # fmt: skip
+            scores.append(desync_of_logits(logits))
+        return np.asarray(scores)
+
     # -- folders -----------------------------------------------------------------------------
     def evaluate(
         self,
@@ -390,6 +406,8 @@ class MetricSuite:
         if ib:
             scores = self._imagebind(paths, [IB_PAIRS[p] for p in ib])
             out.update({p: float(np.mean(scores[IB_PAIRS[p]])) for p in ib})
+        if "desync/synchformer-avbench" in protocols:
+            out["desync/synchformer-avbench"] = float(np.mean(self._desync(paths)))
         variants = [p.split("/")[1] for p in protocols if p.startswith("av_align/")]
         if variants:
             for v, s in self._av_align(paths, variants).items():

@@ -84,6 +84,15 @@ NETWORKS = {
             "ib_tv / ib_ta/imagebind-huge (text tokenizer)",
         ),
         FeatureNetwork(
+            "synchformer",
+            "synchformer_state_dict.pth",
+            "state_dict",
+            "MMAudio: https://github.com/hkchengrex/MMAudio/releases/download/v0.1/"
+            "synchformer_state_dict.pth (Synchformer 24-01-04T16-39-21, AudioSet; the file "
+            "github.com/hkchengrex/av-benchmark's README asks for)",
+            "desync/synchformer-avbench",
+        ),
+        FeatureNetwork(
             "clap",
             "clap-htsat-unfused",
             "pretrained_dir",

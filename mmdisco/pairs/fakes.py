@@ -11,6 +11,12 @@ generator seeded with (seed, s) and pair i's noise from its own generator seeded
 (seed, i) (``randn`` with one generator per sample), so a shard's bytes depend only on the
 seed, the shard index and the settings. A killed run continues at the next missing shard;
 1 rank and W ranks, interrupted or not, write identical files.
+
+``seeding="per_batch"`` draws instead the whole of batch j (pairs [j B, (j+1) B), B the batch
+size) from one generator seeded with ``seed + j``, as the toy has always been sampled (its
+Table 1 numbers come from that draw); a shard then holds whole batches (the shard size is
+rounded up to a multiple of the batch size). Per-pair seeding is the default: a pair's noise
+does not depend on the batch it was sampled in.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from mmdisco.pairs.store import CACHE_VERSION, build_shards
 from mmdisco.sampling import JointSampler
 
 PROMPT_STREAM, NOISE_STREAM = 0, 1  # SeedSequence spawn keys: prompts and noise never overlap
+SEEDINGS = ("per_pair", "per_batch")
 
 
 def sample_seed(seed: int, index: int) -> int:
@@ -49,7 +56,8 @@ def shard_prompts(captions: list[str], seed: int, shard: int, n: int) -> list[st
 
 
 def fakes_key(
-    bases, captions, num_pairs, seed, sampler, shard_size, batch_size, base_config
+    bases, captions, num_pairs, seed, sampler, shard_size, batch_size, base_config,
+    seeding="per_pair",
 ) -> dict:
     """What the fakes depend on: the bases, the prompts, the seed, the solver settings and
     the batching -- not the guidance (fakes are sampled without D)."""
@@ -63,6 +71,8 @@ def fakes_key(
         "sampler": sampler.solver_settings,
         "shard_size": shard_size,
         "batch_size": batch_size,  # the networks' float results may depend on the batch
+        # per_pair stores keep the key (and directory) they had before the option existed
+        **({"seeding": seeding} if seeding != "per_pair" else {}),
     }
 
 
@@ -81,6 +91,7 @@ def presample_fakes(
     accelerator=None,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    seeding: str = "per_pair",
 ) -> Path:
     """Sample ``num_pairs`` independent pairs into ``<cache_dir>/fakes-<hash>``; return it.
 
@@ -90,13 +101,18 @@ def presample_fakes(
     (default: ``JointSampler(bases)``); ``base_config``: the resolved base config for the hash
     (None: the weights' fingerprint). Read the result with
     :class:`~mmdisco.pairs.store.ShardedPairs`: latents, the prompt of each pair as its caption, and
-    the conds / pooled vectors it was sampled with.
+    the conds / pooled vectors it was sampled with. ``seeding``: ``per_pair`` (default) or
+    ``per_batch`` (the toy's historic draw; see the module docstring).
     """
     if num_pairs < 1 or shard_size < 1 or batch_size < 1:
         raise ValueError(
             f"num_pairs, shard_size and batch_size must be >= 1, got "
             f"{num_pairs}, {shard_size}, {batch_size}"
         )
+    if seeding not in SEEDINGS:
+        raise ValueError(f"fake.seeding must be one of {SEEDINGS}, got {seeding!r}")
+    if seeding == "per_batch":  # a shard holds whole batches: round its size up
+        shard_size = -(-shard_size // batch_size) * batch_size
     captions = [str(c) for c in (captions or [])]
     sampler = JointSampler(bases) if sampler is None else sampler
     if sampler.noise_model is not bases or sampler.joint_num_steps != 1:
@@ -104,13 +120,15 @@ def presample_fakes(
             "fake pairs are sampled from the bare bases with one joint step: pass "
             "JointSampler(bases, ..., joint_num_steps=1) (no guidance, no re-noise recurrence)"
         )
-    key = fakes_key(bases, captions, num_pairs, seed, sampler, shard_size, batch_size, base_config)
+    key = fakes_key(
+        bases, captions, num_pairs, seed, sampler, shard_size, batch_size, base_config, seeding
+    )
     out_dir = Path(cache_dir) / f"fakes-{config_hash(key)}"
 
     def make_shard(s: int):
         first, last = s * shard_size, min(num_pairs, (s + 1) * shard_size)
         prompts = shard_prompts(captions, seed, s, last - first)
-        return _sample_shard(sampler, bases, prompts, first, seed, batch_size, device)
+        return _sample_shard(sampler, bases, prompts, first, seed, batch_size, device, seeding)
 
     num_shards = -(-num_pairs // shard_size)
     return build_shards(
@@ -127,16 +145,21 @@ def presample_fakes(
 
 
 @torch.no_grad()
-def _sample_shard(sampler, bases, prompts, first, seed, batch_size, device) -> tuple[dict, dict]:
+def _sample_shard(
+    sampler, bases, prompts, first, seed, batch_size, device, seeding="per_pair"
+) -> tuple[dict, dict]:
     """Pairs first .. first + len(prompts) - 1 in batches; tensors on the CPU + metadata."""
     tables, caption_index, _ = prompt_tables(bases, prompts)
     outs: dict[str, list[Tensor]] = {m: [] for m in bases.names}
     for b in range(0, len(prompts), batch_size):
         rows = caption_index[b : b + batch_size]
-        gens = [
-            torch.Generator(device).manual_seed(sample_seed(seed, first + i))
-            for i in range(b, b + len(rows))
-        ]
+        if seeding == "per_batch":  # batch j = (first + b) / batch_size of the whole set
+            gens = torch.Generator(device).manual_seed(seed + (first + b) // batch_size)
+        else:
+            gens = [
+                torch.Generator(device).manual_seed(sample_seed(seed, first + i))
+                for i in range(b, b + len(rows))
+            ]
         conds = batch_conditions(bases, {k: v[rows] for k, v in tables.items()})
         xs = sampler.sample(len(rows), conds=conds, generator=gens, device=device)
         for m in bases.names:

@@ -46,6 +46,7 @@ def fake_pairs(data, bases, cfg: DictConfig, accelerator=None, device="cpu", pro
         sampler=fake_sampler(bases, cfg),
         shard_size=cfg.fake.shard_size,
         batch_size=cfg.fake.batch_size,
+        seeding=cfg.fake.seeding,
         base_config=base_key(cfg),
         accelerator=accelerator,
         device=device,
