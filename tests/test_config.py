@@ -29,7 +29,8 @@ def compose_train(*overrides: str):
 
 def test_guidance_group_holds_the_scales_and_the_sampler_none():
     cfg = compose_train()
-    assert OmegaConf.to_container(cfg.guidance.joint_scales) == {"audio": 100.0, "video": 100.0}
+    assert cfg.guidance.joint_scales == "auto"  # issue 10: chosen after training, not by hand
+    assert cfg.calibration.criterion == "alignment" and cfg.calibration.scorer == "synthetic"
     assert cfg.guidance.discriminator_cfg is True
     assert "joint_scales" not in cfg.sampler
     with initialize_config_dir(CONFIGS, version_base="1.3"):
