@@ -29,6 +29,7 @@ slicing it per process makes several processes see exactly the draws of one.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -141,6 +142,12 @@ def check_contrastive(contrastive: Mapping[str, float] | None) -> dict[str, floa
     if out["group"] < 2:
         raise ValueError(f"loss.contrastive.group must be >= 2 pairs, got {out['group']}")
     return out
+
+
+@functools.cache
+def scores_index_pairs(cls: type) -> bool:
+    """Whether ``cls.forward`` takes ``pairs`` (checked once per class, not every step)."""
+    return "pairs" in inspect.signature(cls.forward).parameters
 
 
 def group_pairs(num: int, group: int, device=None) -> tuple[Tensor, Tensor]:
@@ -441,7 +448,7 @@ class JointLoss:
         ia, iv = group_pairs(b, g, t_real.device)
         xa, xv = xt_real["audio"].detach(), xt_real["video"].detach()
         module = getattr(discriminator, "module", discriminator)  # DDP wraps the real one
-        if "pairs" not in inspect.signature(module.forward).parameters:
+        if not scores_index_pairs(type(module)):
             raise TypeError(
                 f"loss.contrastive needs a discriminator whose forward scores index pairs, "
                 f"forward(audio, video, t, cond, pairs=(ia, iv)) as TwoStreamDiscriminator's; "

@@ -92,11 +92,12 @@ def holdout_count(num_real: int, holdout: float) -> int:
     return 0 if holdout == 0 else min(num_real - 1, max(1, round(holdout * num_real)))
 
 
-def pair_loader(dataset, tc, seed, stream, start, rank, world, pin, num_items=None) -> DataLoader:
+def pair_loader(
+    dataset, tc, seed, stream, start, rank, world, pin, num_items=None, draws=None
+) -> DataLoader:
     """Batches of ``dataset`` items [0, num_items) (default: all) for steps [start, steps);
-    items ``(index, draw)`` when the dataset carries precomputed L_DSM draws."""
+    items ``(index, draw)`` with ``draws`` = K precomputed L_DSM draws per pair."""
     num = len(dataset) if num_items is None else num_items
-    draws = getattr(dataset, "draws", None)
     if draws is None:
         sampler = StepIndices(num, tc.batch_size, seed, stream, start, tc.steps, rank, world)
     else:
@@ -163,10 +164,10 @@ def train(cfg: DictConfig) -> Path:
     if dsm_draws is not None and main:
         print(draw_reuse_note(tc.steps, tc.batch_size, len(real) - num_heldout, dsm_draws))
     loaders = [
-        pair_loader(ds, tc, cfg.seed, stream, start, rank, world, device.type == "cuda", n)
-        for ds, stream, n in (
-            (real_train, REAL_STREAM, len(real) - num_heldout),
-            (fake, FAKE_STREAM, len(fake)),
+        pair_loader(ds, tc, cfg.seed, stream, start, rank, world, device.type == "cuda", n, k)
+        for ds, stream, n, k in (
+            (real_train, REAL_STREAM, len(real) - num_heldout, dsm_draws),
+            (fake, FAKE_STREAM, len(fake), None),
         )
     ]
     num_t = bases.schedules[bases.names[0]].num_train_timesteps

@@ -85,6 +85,18 @@ class Checks:
             null = " or null" if optional else ""
             self.fail(key, f"must be a finite number{where}{null}, got {value!r}")
 
+    def normalised(self, key: str, check):
+        """``check(dict(value))`` of a mapping at ``key`` (its normalised form), a problem
+        reported with check's message; None when the key is absent, null or not a mapping."""
+        value = self.get(key)
+        if not isinstance(value, DictConfig):
+            return None
+        try:
+            return check(dict(value))
+        except ValueError as e:
+            self.fail(key, str(e))
+            return None
+
     def choice(self, key: str, options, optional: bool = False) -> None:
         value = self.get(key)
         if value is _UNSET or (optional and value is None):
@@ -205,25 +217,15 @@ def train_checks(cfg: DictConfig) -> Checks:
     c.choice("loss.dsm_reduction", DSM_REDUCTIONS)
     c.choice("loss.dsm_weighting", DSM_WEIGHTINGS)
     c.number("loss.dsm_weight_max", low=0, low_open=True)
-    negatives = c.get("loss.negatives")
-    if isinstance(negatives, DictConfig):
-        try:
-            check_negatives(dict(negatives))
-        except ValueError as e:
-            c.fail("loss.negatives", str(e))
-    contrastive = c.get("loss.contrastive")
-    if isinstance(contrastive, DictConfig):
-        try:
-            check_contrastive(dict(contrastive))
-        except ValueError as e:
-            c.fail("loss.contrastive", str(e))
-        else:
-            group, batch = contrastive.get("group", 8), c.get("train.batch_size")
-            if contrastive.get("weight", 0) and isinstance(batch, int) and batch % group:
-                c.fail(
-                    "loss.contrastive.group",
-                    f"must divide train.batch_size ({batch}): each group of real pairs shares a t",
-                )
+    c.normalised("loss.negatives", check_negatives)
+    contrastive = c.normalised("loss.contrastive", check_contrastive)
+    batch = c.get("train.batch_size")
+    grouped = contrastive and contrastive["weight"] > 0 and isinstance(batch, int)
+    if grouped and batch % contrastive["group"]:
+        c.fail(
+            "loss.contrastive.group",
+            f"must divide train.batch_size ({batch}): each group of real pairs shares a t",
+        )
     c.number("calibration.holdout", low=0, high=1)
     c.choice("calibration.criterion", CRITERIA)
     if c.get("calibration.criterion") == "alignment":

@@ -143,3 +143,24 @@ def test_discriminator_fusion_keys_moved_into_one_mapping():
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
     with pytest.raises(ValueError, match="unknown fusion settings"):
         TwoStreamDiscriminator(fusion={"kind": "mlp", "width": 3})
+
+
+
+def test_new_options_are_checked_one_line_each():
+    from mmdisco.validate import ConfigError, validate_train
+
+    with pytest.raises(ConfigError) as info:
+        validate_train(compose_train(
+            "loss.contrastive={weight: 1, group: 5}", "fake.seeding=per_sample",
+            "calibration.scorer=null", "calibration.grid=[0, 10]", "loss.negatives={bogus: 1}",
+        ))  # fmt: skip
+    expected = (
+        "loss.contrastive.group: must divide train.batch_size (32)",
+        "fake.seeding: must be one of per_pair, per_batch, got 'per_sample'",
+        "calibration.scorer: must be one of synthetic, av_align, got None",
+        "calibration.grid: must be a non-empty list of joint scales > 0",
+        "loss.negatives: loss.negatives has unknown keys ['bogus']",
+    )
+    assert len(info.value.problems) == len(expected), info.value.problems
+    for problem in expected:
+        assert any(p.startswith(problem) for p in info.value.problems), problem
