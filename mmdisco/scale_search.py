@@ -38,18 +38,29 @@ def alignment_score(bases, samples: dict[str, torch.Tensor], scorer: str) -> flo
             "calibration.criterion=alignment scores decoded clips, and these bases do not decode "
             "to media: use calibration.criterion=dsm"
         )
-    media = bases.decode({m: x.to(bases.device) for m, x in samples.items()})
-    waves = torch.as_tensor(media["audio"]).cpu().numpy()
-    frames = torch.as_tensor(media["video"]).cpu().numpy()
-    fps, sr = bases.fps, bases.sample_rate
     if scorer == "synthetic":
-        from mmdisco.metrics.synthetic import clip_row, summarize
-
-        rows = [clip_row(f, fps, w, sr) for f, w in zip(frames, waves)]
-        return float(summarize(rows)["semantic_and_temporal"])
+        return float(synthetic_summary(bases, samples)["semantic_and_temporal"])
     from mmdisco.metrics.av_align import av_align_score  # the eval extras (opencv, librosa)
 
+    frames, waves = decoded(bases, samples)
+    fps, sr = bases.fps, bases.sample_rate
     return float(np.mean([av_align_score(f, fps, w, sr) for f, w in zip(frames, waves)]))
+
+
+def decoded(bases, samples: dict[str, torch.Tensor]):
+    """Sampled latents as media arrays: frames (N, F, H, W, 3) uint8 and waveforms (N, ...)."""
+    media = bases.decode({m: x.to(bases.device) for m, x in samples.items()})
+    return (torch.as_tensor(media["video"]).cpu().numpy(),
+            torch.as_tensor(media["audio"]).cpu().numpy())  # fmt: skip
+
+
+def synthetic_summary(bases, samples: dict[str, torch.Tensor], av_align: bool = False) -> dict:
+    """The synthetic world's decoder metrics of sampled latents (decoded in memory)."""
+    from mmdisco.metrics.synthetic import clip_row, summarize
+
+    frames, waves = decoded(bases, samples)
+    fps, sr = bases.fps, bases.sample_rate
+    return summarize([clip_row(f, fps, w, sr, av_align) for f, w in zip(frames, waves)])
 
 
 def search_joint_scale(

@@ -30,9 +30,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from mmdisco.guidance import JointGuidance
-from mmdisco.metrics.synthetic import clip_row, summarize
 from mmdisco.runs import load_run, resolve_joint_scales, sample_in_batches
 from mmdisco.sampling import build_sampler
+from mmdisco.scale_search import synthetic_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 METRICS = ("semantic", "temporal", "semantic_and_temporal", "video_valid", "audio_valid")
@@ -77,11 +77,7 @@ def train_run(run_dir: Path, seed: int, overrides: list[str], device: str, threa
 
 def score(bases, samples, av_align: bool) -> dict:
     """Decoder metrics of sampled latents (decoded in memory)."""
-    audio, video = bases["audio"], bases["video"]
-    waves = audio.decode(samples["audio"].to(audio.device)).cpu().numpy()
-    frames = video.decode(samples["video"].to(video.device)).cpu().numpy()
-    rows = [clip_row(f, video.fps, w, audio.sample_rate, av_align) for f, w in zip(frames, waves)]
-    return summarize(rows)
+    return synthetic_summary(bases, samples, av_align)
 
 
 def sample_pairs(run, discriminator, scales, num, device, progress=False):

@@ -15,9 +15,10 @@ each t of ``--ts``, on freshly rendered clips noised with shared noise:
   that maps r_D best onto r_O (audio / video); the JSON also has both on the real pairs
   (``*_real``), where the true correction is small.
 
-With ``--guided S ...`` it also samples ``--num`` pairs with the oracle guiding at joint scale S
-(the first run's sampler and bases) and scores them with the world's decoders. Results go to
-``--out`` (``oracle_study.json``) and are printed as a table.
+Then, per run, D's mean logit on pairs of every (video class, audio class) with the same onset
+at t = 50 (which class pairing D has learned). With ``--guided S ...`` it also samples ``--num``
+pairs with the oracle guiding at joint scale S (the first run's sampler and bases) and scores
+them with the world's decoders. Results go to ``--out`` (``oracle_study.json``) and are printed.
 """
 
 from __future__ import annotations
@@ -71,8 +72,7 @@ def probe(ds: dict, bases, n: int, ts: list[int], seed: int = 0) -> dict:
         t = torch.full((n,), t_value)
         na, nv = torch.randn(audio.shape, generator=g), torch.randn(video.shape, generator=g)
         v_t = sch["video"].add_noise(video, nv, t)
-        xs = {m: sch[m].add_noise(x, na, t) for m, x in (("audio", audio),)}
-        xs["video"] = v_t
+        xs = {"audio": sch["audio"].add_noise(audio, na, t), "video": v_t}
         ind = {"audio": xs["audio"].roll(1, 0), "video": v_t}  # independent: another clip's audio
         res = {}
         for name, d in ds.items():
@@ -98,6 +98,25 @@ def probe(ds: dict, bases, n: int, ts: list[int], seed: int = 0) -> dict:
                     out[name][t_value][f"cos_{m}{suffix}"] = cos.item()
                     gain = dot / (r_d**2).sum().clamp_min(1e-30)
                     out[name][t_value][f"gain_{m}{suffix}"] = gain.item()
+    return out
+
+
+def class_pair_logits(d, bases, t_value: int = 50, per_cell: int = 32, seed: int = 0):
+    """(4, 4) mean logit of D on pairs with video class i, audio class j and the same onset
+    (random centres) at step ``t_value``: what class pairing D has learned."""
+    rng = np.random.default_rng(seed)
+    g = torch.Generator().manual_seed(seed)
+    sch, t = bases.schedules, torch.full((per_cell,), t_value)
+    out = np.zeros((NUM_CLASSES, NUM_CLASSES))
+    for kv in range(NUM_CLASSES):
+        for ka in range(NUM_CLASSES):
+            clips = [sample_clip_params(rng) for _ in range(per_cell)]  # onsets and centres
+            v = bases["video"].encode(np.stack([render_video(kv, o, c) for _, o, c in clips]))
+            a = bases["audio"].encode(np.stack([render_audio(ka, o) for _, o, _ in clips]))
+            a_t = sch["audio"].add_noise(a, torch.randn(a.shape, generator=g), t)
+            v_t = sch["video"].add_noise(v, torch.randn(v.shape, generator=g), t)
+            with torch.no_grad():
+                out[kv, ka] = d(a_t, v_t, t).float().mean().item()
     return out
 
 
@@ -130,6 +149,12 @@ def main() -> None:
                 cell += f" {r['gain_audio']:.1f}/{r['gain_video']:.1f}"
             cells.append(f"{cell:>28}")
         print(f"{t_value:4d}  " + "  ".join(cells), flush=True)
+    print("\nmean logit at t = 50, same onset (rows: video class, columns: audio class)")
+    result["class_pair_logits"] = {}
+    for name, r in runs.items():
+        m = class_pair_logits(r.discriminator, first.bases)
+        result["class_pair_logits"][name] = m.tolist()
+        print(name + "\n" + np.array2string(m, precision=1, suppress_small=True))
     for s in a.guided:
         t0 = time.time()
         pairs = sample_pairs(first, oracle, s, a.num, "cpu")

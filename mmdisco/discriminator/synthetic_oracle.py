@@ -49,7 +49,6 @@ class SyntheticOracle(nn.Module):
         self.register_buffer("audio_templates", audio.float().flatten(1), persistent=False)
         self.register_buffer("video_templates", video.float().flatten(1), persistent=False)
         self.schedules = bases.schedules
-        self.params = params
 
     @staticmethod
     def _log_likelihoods(x: Tensor, templates: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
