@@ -249,8 +249,11 @@ class JointLoss:
         self.contrastive = check_contrastive(contrastive)
         if t_power <= 0:
             raise ValueError(f"t_power must be > 0 (1: uniform t, the paper's), got {t_power}")
-        if not bce and lambda_dsm == 0:
-            raise ValueError("JointLoss with bce=false and lambda_dsm=0 trains nothing: enable one")
+        if not bce and lambda_dsm == 0 and self.contrastive["weight"] == 0:
+            raise ValueError(
+                "JointLoss with bce=false, lambda_dsm=0 and no contrastive term trains nothing: "
+                "enable one"
+            )
         if lambda_dsm < 0:
             raise ValueError(f"lambda_dsm must be >= 0, got {lambda_dsm}")
         if not 0 <= cond_dropout < 1:

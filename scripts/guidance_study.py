@@ -38,27 +38,37 @@ ROOT = Path(__file__).resolve().parent.parent
 METRICS = ("semantic", "temporal", "semantic_and_temporal", "video_valid", "audio_valid")
 NEG = "loss.negatives={mismatch: 0.25, shift: 0.25}"
 POOLED = "discriminator.fusion.kind=framewise_pooled"
+# the demo recipe before this wave's fix (stop 10): the paper's L_D + L_DSM (mean), t_power 2,
+# 800 steps. The rows below it are the candidates measured on top of it (README tables).
+PAPER = ["loss.bce=true", "loss.lambda_dsm=1.0", "loss.contrastive=null", "loss.t_power=2",
+         "train.steps=800"]
+NCE = "loss.contrastive={weight: 1, group: 32}"
 ROWS = {  # name -> train.py overrides on top of experiment=synthetic (the candidates of issue 10)
-    "demo": [],
-    "dsm_sum": ["loss.dsm_reduction=sum"],
-    "uniform_t": ["loss.t_power=1"],
-    "negatives": [NEG],
-    "pooled_head": [POOLED],
-    "wide": ["discriminator.channels=32"],
-    "long": ["train.steps=2400"],
-    "neg_pooled": [NEG, POOLED],
-    "neg_pooled_sum": [NEG, POOLED, "loss.dsm_reduction=sum"],
-    "neg_pooled_uniform_long": [NEG, POOLED, "loss.t_power=1", "train.steps=2400"],
+    "demo": [],  # the shipped recipe: symmetric InfoNCE over the batch, uniform t, 3000 steps
+    "paper_loss": PAPER,  # the demo of stop 10
+    "dsm_sum": [*PAPER, "loss.dsm_reduction=sum"],
+    "uniform_t": [*PAPER, "loss.t_power=1"],
+    "negatives": [*PAPER, NEG],
+    "pooled_head": [*PAPER, POOLED],
+    "wide": [*PAPER, "discriminator.channels=32"],
+    "long": [*PAPER, "train.steps=2400"],
+    "neg_pooled": [*PAPER, NEG, POOLED],
+    "neg_pooled_sum": [*PAPER, NEG, POOLED, "loss.dsm_reduction=sum"],
+    "neg_pooled_uniform_long": [*PAPER, NEG, POOLED, "loss.t_power=1", "train.steps=2400"],
     "neg_pooled_sum_uniform_long": [
-        NEG, POOLED, "loss.dsm_reduction=sum", "loss.t_power=1", "train.steps=2400"
+        *PAPER, NEG, POOLED, "loss.dsm_reduction=sum", "loss.t_power=1", "train.steps=2400"
     ],
-    "mismatch_only": ["loss.negatives={mismatch: 0.5}", POOLED],
-    "neg_pooled_high_t": [NEG, POOLED, "loss.t_power=0.5"],
-    "neg_pooled_per_bucket": [NEG, POOLED, "calibration.per_bucket=true"],
-    "neg_pooled_no_renoise": [NEG, POOLED, "sampler.joint_num_steps=1"],
-    "x0_dsm": ["loss.dsm_weighting=x0"],
-    "x0_dsm_uniform_t": ["loss.dsm_weighting=x0", "loss.t_power=1"],
-    "demo_dsm_draws8": ["train.dsm_draws=8"],  # issue 14: precomputed L_DSM targets, K = 8
+    "mismatch_only": [*PAPER, "loss.negatives={mismatch: 0.5}", POOLED],
+    "neg_pooled_high_t": [*PAPER, NEG, POOLED, "loss.t_power=0.5"],
+    "neg_pooled_per_bucket": [*PAPER, NEG, POOLED, "calibration.per_bucket=true"],
+    "neg_pooled_no_renoise": [*PAPER, NEG, POOLED, "sampler.joint_num_steps=1"],
+    "x0_dsm": [*PAPER, "loss.dsm_weighting=x0"],
+    "x0_dsm_uniform_t": [*PAPER, "loss.dsm_weighting=x0", "loss.t_power=1"],
+    "paper_dsm_draws8": [*PAPER, "train.dsm_draws=8"],  # issue 14: precomputed L_DSM targets
+    "paper_nce32": [*PAPER, NCE],  # + InfoNCE over the whole real batch (L_D kept)
+    "paper_nce32_w10": [*PAPER, "loss.contrastive={weight: 10, group: 32}"],
+    "paper_nce32_no_dsm": [*PAPER, NCE, "loss.lambda_dsm=0"],  # L_D + InfoNCE
+    "nce32_dsm": [*PAPER, NCE, "loss.bce=false"],  # InfoNCE + L_DSM, no L_D
 }  # fmt: skip
 
 

@@ -164,3 +164,14 @@ def test_new_options_are_checked_one_line_each():
     assert len(info.value.problems) == len(expected), info.value.problems
     for problem in expected:
         assert any(p.startswith(problem) for p in info.value.problems), problem
+
+
+def test_an_empty_loss_is_refused_but_the_contrastive_term_alone_is_a_loss():
+    from mmdisco.validate import ConfigError, validate_train
+
+    with pytest.raises(ConfigError) as info:
+        validate_train(compose_train("loss.bce=false", "loss.lambda_dsm=0"))
+    assert any(p.startswith("loss.lambda_dsm: is 0 with loss.bce=false") for p in info.value.problems)
+    validate_train(compose_train(
+        "loss.bce=false", "loss.lambda_dsm=0", "loss.contrastive={weight: 1, group: 32}"
+    ))  # fmt: skip

@@ -91,6 +91,11 @@ def test_switches_and_bad_values():
     assert JointLoss(bce=False, lambda_dsm=1.0).bce is False
     with pytest.raises(ValueError, match="trains nothing"):
         JointLoss(bce=False, lambda_dsm=0.0)
+    with pytest.raises(ValueError, match="trains nothing"):
+        JointLoss(bce=False, lambda_dsm=0.0, contrastive={"weight": 0.0, "group": 4})
+    # the contrastive term alone is a loss (the synthetic world's recipe, README "Guidance")
+    only_nce = JointLoss(bce=False, lambda_dsm=0.0, contrastive={"weight": 1.0, "group": 4})
+    assert only_nce.contrastive["weight"] == 1.0
     with pytest.raises(ValueError, match="lambda_dsm"):
         JointLoss(lambda_dsm=-1.0)
 
