@@ -241,7 +241,9 @@ def train_checks(cfg: DictConfig) -> Checks:
     nce = c.get("loss.contrastive")
     nce_weight = (nce.get("weight", 0) if isinstance(nce, (DictConfig, dict)) else 0) or 0
     if c.get("loss.bce") is False and c.get("loss.lambda_dsm") == 0 and not nce_weight > 0:
-        c.fail("loss.lambda_dsm", "is 0 with loss.bce=false and no loss.contrastive: the loss is empty")
+        c.fail(
+            "loss.lambda_dsm", "is 0 with loss.bce=false and no loss.contrastive: the loss is empty"
+        )
     _check_sampler(c, optional=False)
     _check_data_and_bases(c)
     _check_paths(c)

@@ -171,7 +171,8 @@ def test_an_empty_loss_is_refused_but_the_contrastive_term_alone_is_a_loss():
 
     with pytest.raises(ConfigError) as info:
         validate_train(compose_train("loss.bce=false", "loss.lambda_dsm=0"))
-    assert any(p.startswith("loss.lambda_dsm: is 0 with loss.bce=false") for p in info.value.problems)
+    problems = info.value.problems
+    assert any(p.startswith("loss.lambda_dsm: is 0 with loss.bce=false") for p in problems)
     validate_train(compose_train(
         "loss.bce=false", "loss.lambda_dsm=0", "loss.contrastive={weight: 1, group: 32}"
     ))  # fmt: skip
