@@ -197,7 +197,7 @@ def train(cfg: DictConfig) -> Path:
             guard.log_into(row)
             if main:
                 logs.write(done, row)
-                bar.set_postfix({k: f"{row[k]:.3f}" for k in ("l_d", "l_dsm", "acc_real")})
+                bar.set_postfix({k: f"{row[k]:.3f}" for k in progress_terms(loss_fn) if k in row})
         if done % tc.ckpt_every == 0:
             checkpoint(cfg, accelerator, run_dir / CHECKPOINT_DIR, done, disc, opt, ema)
     bar.close()
@@ -294,6 +294,13 @@ def start_run(cfg: DictConfig) -> tuple[Accelerator, Path, RunLock | None]:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
     return accelerator, run_dir, lock
+
+
+def progress_terms(loss_fn) -> tuple[str, ...]:
+    """The logged terms the progress bar shows: those in the loss being minimised."""
+    terms = ("l_d", "acc_real") if loss_fn.bce else ()  # acc_real: the logit's sign, L_D's
+    terms += ("l_dsm",) if loss_fn.lambda_dsm > 0 else ()
+    return terms + (("l_nce", "acc_nce") if loss_fn.contrastive["weight"] > 0 else ())
 
 
 def discriminator_state(cfg: DictConfig, accelerator: Accelerator, ckpt: Path):

@@ -260,3 +260,12 @@ def test_contrastive_term_refuses_what_it_cannot_score(bases):
         JointLoss(contrastive={"weight": 1, "group": 1})
     with pytest.raises(ValueError, match="unknown keys"):
         JointLoss(contrastive={"weigth": 1})
+
+
+def test_the_progress_bar_shows_the_terms_of_the_loss_being_minimised():
+    from mmdisco.training import progress_terms
+
+    assert progress_terms(JointLoss()) == ("l_d", "acc_real", "l_dsm")
+    nce = {"weight": 1.0, "group": 4}
+    only_nce = JointLoss(bce=False, lambda_dsm=0.0, contrastive=nce)
+    assert progress_terms(only_nce) == ("l_nce", "acc_nce")
