@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 
 import matplotlib
 
@@ -29,21 +30,32 @@ def toy_scatter(path, samples: np.ndarray, target=None, title: str = "", lim: fl
     plt.close(fig)
 
 
-def training_curves(csv_path, png_path, keys=("loss", "l_d", "l_dsm", "acc_real", "acc_fake")):
+TRAIN_KEYS = ("loss", "l_d", "l_dsm", "l_nce", "acc_real", "acc_fake", "acc_nce")
+
+
+def training_curves(csv_path, png_path, keys=TRAIN_KEYS):
     """Losses, accuracies and (when logged) the residual-to-base-noise norm ratio per modality
-    (``res_ratio_{m}`` of train_log.csv: how strongly D's guidance acts at scale 1)."""
+    (``res_ratio_{m}`` of train_log.csv: how strongly D's guidance acts at scale 1). A column that
+    is absent, or never finite and non-zero (a term the loss does not have), is left out."""
     rows = list(csv.DictReader(open(csv_path)))
     if not rows:
         return
     steps = [int(r["step"]) for r in rows]
-    ratios = [k for k in rows[0] if k.startswith("res_ratio_")]
+
+    def series(k):
+        values = [float(r[k]) for r in rows]
+        return values if any(math.isfinite(v) and v != 0 for v in values) else None
+
+    curves = {k: v for k in keys if k in rows[0] and (v := series(k)) is not None}
+    ratios = {
+        k: v for k in rows[0] if k.startswith("res_ratio_") and (v := series(k)) is not None
+    }
     fig, axes = plt.subplots(1, 3 if ratios else 2, figsize=(13.5 if ratios else 9, 3.2))
-    for k in keys:
-        if k in rows[0]:
-            ax = axes[1] if k.startswith("acc") else axes[0]
-            ax.plot(steps, [float(r[k]) for r in rows], label=k)
-    for k in ratios:
-        axes[2].plot(steps, [float(r[k]) for r in rows], label=k.replace("res_ratio_", ""))
+    for k, v in curves.items():
+        ax = axes[1] if k.startswith("acc") else axes[0]
+        ax.plot(steps, v, label=k)
+    for k, v in ratios.items():
+        axes[2].plot(steps, v, label=k.replace("res_ratio_", ""))
     if ratios:
         axes[2].set_title("||residual|| / ||base eps|| (scale 1)", fontsize=9)
     for ax in axes:

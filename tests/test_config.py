@@ -170,7 +170,8 @@ def test_an_empty_loss_is_refused_but_the_contrastive_term_alone_is_a_loss():
     from mmdisco.validate import ConfigError, validate_train
 
     with pytest.raises(ConfigError) as info:
-        validate_train(compose_train("loss.bce=false", "loss.lambda_dsm=0"))
+        empty = ("loss.bce=false", "loss.lambda_dsm=0", "loss.contrastive=null")
+        validate_train(compose_train(*empty))
     problems = info.value.problems
     assert any(p.startswith("loss.lambda_dsm: is 0 with loss.bce=false") for p in problems)
     validate_train(compose_train(

@@ -22,10 +22,16 @@ def test_synthetic_world_end_to_end(tmp_path):
         "train.py", "experiment=synthetic", f"run_dir={run}", f"cache_dir={tmp_path}/cache",
         "data.num_clips=12", "fake.num_pairs=8", "fake.batch_size=4", "fake.shard_size=4",
         "train.steps=4", "train.batch_size=4", "train.log_every=2", "train.ckpt_every=2",
-        "sampler.num_steps=3", "calibration.pairs=2", "calibration.grid=[1,100]", *common,
+        "sampler.num_steps=3", "calibration.pairs=2", "calibration.grid=[1,100]",
+        "loss.contrastive.group=4", *common,
     )  # fmt: skip
     for f in ("discriminator.safetensors", "train_log.csv", "config.yaml"):
         assert (run / f).exists(), f
+    # the world's recipe: the batch InfoNCE alone (README "Guidance that aligns")
+    log = (run / "train_log.csv").read_text().splitlines()
+    header, last = log[0].split(","), dict(zip(log[0].split(","), log[-1].split(",")))
+    assert "l_nce" in header and float(last["l_dsm"]) == 0.0
+    assert float(last["loss"]) == float(last["l_nce"])
     # the joint scale chosen after training by the decoders' agreement (no hand-set scale)
     scales = json.loads((run / "joint_scales.json").read_text())
     assert scales["criterion"] == "alignment" and set(scales["grid_scores"]) == {"1", "100"}
