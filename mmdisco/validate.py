@@ -238,9 +238,8 @@ def train_checks(cfg: DictConfig) -> Checks:
             c.fail("calibration.grid", f"must be a non-empty list of joint scales > 0, got {grid}")
     for key in ("max_pairs", "buckets", "draws", "batch_size"):
         c.integer(f"calibration.{key}", 1)
-    nce = c.get("loss.contrastive")
-    nce_weight = (nce.get("weight", 0) if isinstance(nce, (DictConfig, dict)) else 0) or 0
-    if c.get("loss.bce") is False and c.get("loss.lambda_dsm") == 0 and not nce_weight > 0:
+    nce_weight = contrastive["weight"] if contrastive else 0.0
+    if c.get("loss.bce") is False and c.get("loss.lambda_dsm") == 0 and nce_weight == 0:
         c.fail(
             "loss.lambda_dsm", "is 0 with loss.bce=false and no loss.contrastive: the loss is empty"
         )

@@ -66,7 +66,7 @@ def check_dsm_draws(draws: Any, loss: JointLoss) -> int | None:
             "train.dsm_draws precomputes L_DSM targets, but loss.lambda_dsm=0 has no L_DSM: "
             "set train.dsm_draws=null"
         )
-    if getattr(loss, "contrastive", {}).get("weight", 0) > 0:
+    if loss.contrastive["weight"] > 0:
         raise ValueError(
             "train.dsm_draws stores one (t, noise) draw per real pair, but loss.contrastive "
             "needs one t shared by each group of real pairs: set loss.contrastive=null or "

@@ -1,12 +1,14 @@
-"""Onset distribution of guided pairs on the synthetic world (README, the demo's AV-Align note).
+"""Class and onset distributions of guided pairs on the synthetic world (README, "Guidance that
+aligns": agreement alone does not show whether guidance keeps the data's marginals).
 
     python scripts/onset_counts.py outputs/study/demo/seed0 outputs/study/demo/seed1 \\
         outputs/study/demo/seed2 --oracle
 
 For each run: 64 pairs (the guidance study's noise) guided by its D at its ``joint_scales``
-(``auto``: ``joint_scales.json``), decoded; prints how many start at each onset frame 1-6 (video
-and audio decoder). The first run's bases also give the unguided counts and, with ``--oracle``,
-those of the exact density ratio at scale 1. The world's onsets are uniform.
+(``auto``: ``joint_scales.json``), decoded; prints how many have each class 0-3 (red, green,
+blue, yellow) and start at each onset frame 1-6, by the video and the audio decoder. The first
+run's bases also give the unguided counts and, with ``--oracle``, those of the exact density
+ratio at scale 1. The world's classes and onsets are uniform.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from mmdisco.data.synthetic import ONSETS
+from mmdisco.data.synthetic import NUM_CLASSES, ONSETS
 from mmdisco.discriminator.synthetic_oracle import SyntheticOracle
 from mmdisco.metrics.synthetic import clip_row
 from mmdisco.runs import load_run, resolve_joint_scales
@@ -28,13 +30,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from guidance_study import sample_pairs  # noqa: E402  (same folder)
 
 
-def onset_counts(run, discriminator, scales, num: int) -> dict[str, list[int]]:
+def marginal_counts(run, discriminator, scales, num: int) -> dict[str, list[int]]:
     pairs = sample_pairs(run, discriminator, scales, num, "cpu")
     frames, waves = decoded(run.bases, pairs)
     fps, sr = run.bases.fps, run.bases.sample_rate
     rows = [clip_row(f, fps, w, sr, False) for f, w in zip(frames, waves)]
-    counts = {m: Counter(r[f"{m}_onset"] for r in rows) for m in ("video", "audio")}
-    return {m: [c[o] for o in ONSETS] for m, c in counts.items()}
+    out = {}
+    for m in ("video", "audio"):
+        labels = Counter(r[f"{m}_label"] for r in rows)
+        onsets = Counter(r[f"{m}_onset"] for r in rows)
+        classes = [labels[k] for k in range(NUM_CLASSES)]
+        out[m] = f"class {classes} onset {[onsets[o] for o in ONSETS]}"
+    return out
 
 
 def main() -> None:
@@ -46,17 +53,17 @@ def main() -> None:
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    print(f"onset frames {list(ONSETS)}: video counts | audio counts")
+    print(f"counts per class 0-{NUM_CLASSES - 1} and onset frame {list(ONSETS)}: video | audio")
     for r in a.runs:
         run = load_run(r)
         scales = resolve_joint_scales(run.cfg.guidance.joint_scales, r)
-        c = onset_counts(run, run.discriminator, scales, a.num)
+        c = marginal_counts(run, run.discriminator, scales, a.num)
         print(f"{r}: {c['video']} | {c['audio']}", flush=True)
     first = load_run(a.runs[0])
-    c = onset_counts(first, None, 0.0, a.num)
+    c = marginal_counts(first, None, 0.0, a.num)
     print(f"unguided: {c['video']} | {c['audio']}", flush=True)
     if a.oracle:
-        c = onset_counts(first, SyntheticOracle(first.bases), 1.0, a.num)
+        c = marginal_counts(first, SyntheticOracle(first.bases), 1.0, a.num)
         print(f"oracle at scale 1: {c['video']} | {c['audio']}", flush=True)
 
 
