@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--num", type=int, default=64)
     ap.add_argument("--oracle", action="store_true", help="also the exact ratio at scale 1")
+    ap.add_argument("--scale", type=float, default=None, help="a joint scale instead of the run's")
     ap.add_argument("--threads", type=int, default=None)
     a = ap.parse_args()
     if a.threads:
@@ -56,7 +57,8 @@ def main() -> None:
     print(f"counts per class 0-{NUM_CLASSES - 1} and onset frame {list(ONSETS)}: video | audio")
     for r in a.runs:
         run = load_run(r)
-        scales = resolve_joint_scales(run.cfg.guidance.joint_scales, r)
+        scales = a.scale if a.scale is not None else run.cfg.guidance.joint_scales
+        scales = resolve_joint_scales(scales, r)
         c = marginal_counts(run, run.discriminator, scales, a.num)
         print(f"{r}: {c['video']} | {c['audio']}", flush=True)
     first = load_run(a.runs[0])
