@@ -47,7 +47,7 @@ class Meter:
         for k in ("loss", "l_d", "l_dsm"):
             s[k] += terms[k].detach().double()
         s["grad_norm"] += grad_norm.detach().double()
-        for k in ("l_nce", "acc_nce"):  # with loss.contrastive only (same on every process)
+        for k in ("l_nce", "acc_nce", "l_pbce"):  # with loss.contrastive (same on every process)
             if k in terms:
                 s[k] = s.get(k, torch.zeros_like(s["loss"])) + terms[k].detach().double()
         self._by_bucket("real", terms["t_real"], terms["logit_real"] > 0)
@@ -65,8 +65,8 @@ class Meter:
         sizes = [self.sums[k].numel() for k in names]
         s = dict(zip(names, torch.split(flat, sizes)))
         per_step = s["steps"].item() or math.nan  # steps x processes (none: all skipped)
-        row = {k: s[k].item() / per_step for k in ("loss", "l_d", "l_dsm", "l_nce", "acc_nce")
-               if k in s}  # fmt: skip
+        keys = ("loss", "l_d", "l_dsm", "l_nce", "acc_nce", "l_pbce")
+        row = {k: s[k].item() / per_step for k in keys if k in s}
         for name in ("real", "fake"):
             row[f"acc_{name}"] = s[f"{name}_ok"].sum().item() / max(s[f"{name}_n"].sum().item(), 1)
         for name in ("real", "fake"):

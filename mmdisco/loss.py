@@ -20,6 +20,13 @@
   softmax puts it on the mismatched pairs D currently scores highest, e.g. clips that agree in
   time but not in content, which independent fakes rarely are (1/8 of them in the synthetic
   world) and L_D's batch mean weighs no more than the easy ones.
+  ``pair_bce: b`` adds b times the balanced BCE over the same G x G logits (the G true pairs
+  labelled 1, the G (G - 1) others 0, each a mean): L_D with the group's mismatched real pairs
+  as fakes. InfoNCE leaves D's offsets c(a) + c(v) free (each softmax ignores one of them) and
+  guidance differentiates them: a class whose offset drifts up is favoured by exp(s c) at
+  scale s (README, "Guidance that aligns": guided pairs herded into one or two classes). The
+  BCE's minimiser is the log ratio itself, log q(a, v) / (q(a) q(v)), whose E_v[exp] is 1 for
+  every a: it pins the offsets.
 
 One t is drawn per pair and shared by its modalities; the noises are independent.
 Base predictions are computed without gradient (the bases are frozen black boxes).
@@ -131,17 +138,27 @@ def check_negatives(negatives: Mapping[str, float] | None) -> dict[str, float]:
 
 
 def check_contrastive(contrastive: Mapping[str, float] | None) -> dict[str, float]:
-    """``{"weight": w >= 0, "group": G >= 2}`` (None or weight 0: off)."""
+    """``{"weight": w >= 0, "group": G >= 2, "pair_bce": b >= 0}`` (None or both weights 0:
+    off)."""
     c = dict(contrastive or {})
-    unknown = set(c) - {"weight", "group"}
+    unknown = set(c) - {"weight", "group", "pair_bce"}
     if unknown:
-        raise ValueError(f"loss.contrastive has unknown keys {sorted(unknown)}: use weight, group")
-    out = {"weight": float(c.get("weight", 0.0)), "group": int(c.get("group", 8))}
-    if out["weight"] < 0:
-        raise ValueError(f"loss.contrastive.weight must be >= 0, got {out['weight']}")
+        raise ValueError(
+            f"loss.contrastive has unknown keys {sorted(unknown)}: use weight, group, pair_bce"
+        )
+    out = {"weight": float(c.get("weight", 0.0)), "group": int(c.get("group", 8)),
+           "pair_bce": float(c.get("pair_bce") or 0.0)}  # fmt: skip
+    for k in ("weight", "pair_bce"):
+        if out[k] < 0:
+            raise ValueError(f"loss.contrastive.{k} must be >= 0, got {out[k]}")
     if out["group"] < 2:
         raise ValueError(f"loss.contrastive.group must be >= 2 pairs, got {out['group']}")
     return out
+
+
+def contrastive_on(contrastive: Mapping[str, float] | None) -> bool:
+    """Whether a (checked) ``loss.contrastive`` scores the G x G pairs of the real groups."""
+    return bool(contrastive) and (contrastive["weight"] > 0 or contrastive["pair_bce"] > 0)
 
 
 @functools.cache
@@ -249,7 +266,7 @@ class JointLoss:
         self.contrastive = check_contrastive(contrastive)
         if t_power <= 0:
             raise ValueError(f"t_power must be > 0 (1: uniform t, the paper's), got {t_power}")
-        if not bce and lambda_dsm == 0 and self.contrastive["weight"] == 0:
+        if not bce and lambda_dsm == 0 and not contrastive_on(self.contrastive):
             raise ValueError(
                 "JointLoss with bce=false, lambda_dsm=0 and no contrastive term trains nothing: "
                 "enable one"
@@ -278,7 +295,7 @@ class JointLoss:
             device = generator.device if generator is not None else "cpu"
         b_real, b_fake = real_shapes["audio"][0], fake_shapes["audio"][0]
         t = self.draw_t(b_real + b_fake, num_train_timesteps, generator, device)
-        if self.contrastive["weight"] > 0:  # one t per group of G real pairs (its first one's)
+        if contrastive_on(self.contrastive):  # one t per group of G real pairs (its first one's)
             g = self.contrastive["group"]
             first = torch.arange(b_real, device=t.device) // g * g
             t = torch.cat([t[:b_real][first], t[b_real:]])
@@ -393,15 +410,19 @@ class JointLoss:
         else:
             terms["l_dsm"] = torch.zeros((), device=dev)
         terms["loss"] = (terms["l_d"] if self.bce else 0.0) + self.lambda_dsm * terms["l_dsm"]
-        if self.contrastive["weight"] > 0:
+        if contrastive_on(self.contrastive):
             if discriminator_condition(real_conds) is not None:
                 raise ValueError(
                     "loss.contrastive pairs one clip's audio with another's video, which a "
                     "text-conditional D cannot score without a prompt for the pair: use it with "
                     "an unconditional discriminator (or set loss.contrastive=null)"
                 )
-            terms["l_nce"], terms["acc_nce"] = self.l_nce(discriminator, xt_real, t_real)
-            terms["loss"] = terms["loss"] + self.contrastive["weight"] * terms["l_nce"]
+            terms["l_nce"], terms["acc_nce"], terms["l_pbce"] = self.l_nce(
+                discriminator, xt_real, t_real
+            )
+            c = self.contrastive
+            terms["loss"] = terms["loss"] + c["weight"] * terms["l_nce"]
+            terms["loss"] = terms["loss"] + c["pair_bce"] * terms["l_pbce"]
         terms["acc_real"] = (logit_real.detach() > 0).float().mean()
         terms["acc_fake"] = (logit_fake.detach() < 0).float().mean()
         terms["t_real"], terms["t_fake"] = t_real, t_fake
@@ -439,9 +460,10 @@ class JointLoss:
         )
         return logit, res
 
-    def l_nce(self, discriminator, xt_real, t_real) -> tuple[Tensor, Tensor]:
-        """Symmetric InfoNCE over each group's G x G (audio i, video j) logits, and the fraction
-        of rows and columns whose largest logit is the true pair."""
+    def l_nce(self, discriminator, xt_real, t_real) -> tuple[Tensor, Tensor, Tensor]:
+        """Over each group's G x G (audio i, video j) logits: the symmetric InfoNCE, the fraction
+        of rows and columns whose largest logit is the true pair, and the balanced pairwise BCE
+        (the G true pairs labelled 1, the G (G - 1) others 0, each a mean)."""
         g, b = self.contrastive["group"], t_real.shape[0]
         if b % g or (t_real.view(-1, g) != t_real.view(-1, g)[:, :1]).any():
             raise ValueError(
@@ -464,7 +486,11 @@ class JointLoss:
         cols = F.cross_entropy(logits.transpose(1, 2).flatten(0, 1), target.reshape(-1))
         hits = (logits.argmax(2) == target).float().mean()  # audio picks its video
         hits = hits + (logits.argmax(1) == target).float().mean()  # video picks its audio
-        return (rows + cols) / 2, hits.detach() / 2
+        eye = torch.eye(g, dtype=torch.bool, device=logits.device).expand_as(logits)
+        pbce = F.binary_cross_entropy_with_logits(
+            logits[eye], torch.ones_like(logits[eye])
+        ) + F.binary_cross_entropy_with_logits(logits[~eye], torch.zeros_like(logits[~eye]))
+        return (rows + cols) / 2, hits.detach() / 2, pbce
 
     @staticmethod
     def l_d(logit_real: Tensor, logit_fake: Tensor) -> Tensor:

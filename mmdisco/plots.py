@@ -30,7 +30,7 @@ def toy_scatter(path, samples: np.ndarray, target=None, title: str = "", lim: fl
     plt.close(fig)
 
 
-TRAIN_KEYS = ("loss", "l_d", "l_dsm", "l_nce", "acc_real", "acc_fake", "acc_nce")
+TRAIN_KEYS = ("loss", "l_d", "l_dsm", "l_nce", "l_pbce", "acc_real", "acc_fake", "acc_nce")
 
 
 def training_curves(csv_path, png_path, keys=TRAIN_KEYS):

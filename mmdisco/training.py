@@ -178,6 +178,8 @@ def train(cfg: DictConfig) -> Path:
     )
     tick, tick_step = time.perf_counter(), start
     for step, (real_b, fake_b) in enumerate(zip(*loaders), start=start):
+        for group in opt.param_groups:  # a function of the step alone: a resume continues it
+            group["lr"] = learning_rate(tc, step)
         terms, grad_norm, skipped = train_step(
             cfg, accelerator, bases, disc, opt, loss_fn, step, real_b, fake_b, guard
         )
@@ -245,6 +247,7 @@ def calibrate_run(cfg, bases, real, num_heldout: int, weights: Path, device) -> 
         scale, extra["grid_scores"] = alignment_search(cfg, bases, real, first, n, disc, device)
         scales = dict.fromkeys(bases.names, scale)
         how = f"best {cal.scorer} alignment over calibration.grid, held-out prompts"
+        how += ", then per bucket of t" if cal.per_bucket else ""
     save_joint_scales(Path(cfg.run_dir) / SCALES_FILE, scales, stats, extra)
     print(f"joint scales ({how}): {scales}")
     return scales
@@ -252,7 +255,8 @@ def calibrate_run(cfg, bases, real, num_heldout: int, weights: Path, device) -> 
 
 def alignment_search(cfg, bases, real, first: int, n: int, disc, device):
     """``calibration.criterion=alignment``: the scale of ``calibration.grid`` whose guided
-    samples agree best by ``calibration.scorer`` (``mmdisco.scale_search``)."""
+    samples agree best by ``calibration.scorer`` (``mmdisco.scale_search``); with
+    ``calibration.per_bucket`` then refined per bucket of t (a list)."""
     from mmdisco.scale_search import search_joint_scale
 
     cal = cfg.calibration
@@ -262,7 +266,8 @@ def alignment_search(cfg, bases, real, first: int, n: int, disc, device):
         captions = [real.captions[first + i] for i in range(n)]
         prompts = [captions[i % len(captions)] for i in range(num)]
     seed = int(np.random.SeedSequence([int(cfg.seed), CALIBRATION_STREAM, 1]).generate_state(1)[0])
-    print(f"choosing the joint scale: {num} guided pairs per scale of {list(cal.grid)}")
+    print(f"choosing the joint scale: {num} guided pairs per scale of {list(cal.grid)}"
+          + (f", then per bucket of t ({int(cal.buckets)})" if cal.per_bucket else ""))  # fmt: skip
     return search_joint_scale(
         bases,
         disc,
@@ -276,6 +281,7 @@ def alignment_search(cfg, bases, real, first: int, n: int, disc, device):
         bool(cfg.guidance.discriminator_cfg),
         int(cal.batch_size),
         progress=bool(cfg.progress),
+        buckets=int(cal.buckets) if cal.per_bucket else None,
     )
 
 
@@ -296,11 +302,29 @@ def start_run(cfg: DictConfig) -> tuple[Accelerator, Path, RunLock | None]:
     return accelerator, run_dir, lock
 
 
+LR_DECAYS = ("cosine",)
+
+
+def learning_rate(tc, step: int) -> float:
+    """``train.lr`` at ``step`` (0-based): constant, or with ``train.lr_decay=cosine`` decayed as
+    lr (1 + cos(pi step / steps)) / 2 towards 0 at the last step. A constant step size leaves
+    the final weights a noisy iterate, and guidance at a joint scale s multiplies any error of
+    D's logit by s (README, "Guidance that aligns")."""
+    lr, decay = float(tc.lr), tc.get("lr_decay")
+    if decay is None:
+        return lr
+    if decay not in LR_DECAYS:
+        raise ValueError(f"train.lr_decay must be null or one of {LR_DECAYS}, got {decay!r}")
+    return lr * 0.5 * (1.0 + math.cos(math.pi * step / int(tc.steps)))
+
+
 def progress_terms(loss_fn) -> tuple[str, ...]:
     """The logged terms the progress bar shows: those in the loss being minimised."""
     terms = ("l_d", "acc_real") if loss_fn.bce else ()  # acc_real: the logit's sign, L_D's
     terms += ("l_dsm",) if loss_fn.lambda_dsm > 0 else ()
-    return terms + (("l_nce", "acc_nce") if loss_fn.contrastive["weight"] > 0 else ())
+    c = loss_fn.contrastive
+    terms += ("l_nce", "acc_nce") if c["weight"] > 0 else ()
+    return terms + (("l_pbce",) if c["pair_bce"] > 0 else ())
 
 
 def discriminator_state(cfg: DictConfig, accelerator: Accelerator, ckpt: Path):

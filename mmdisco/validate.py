@@ -18,7 +18,13 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mmdisco.faults import NONFINITE_MODES
-from mmdisco.loss import DSM_REDUCTIONS, DSM_WEIGHTINGS, check_contrastive, check_negatives
+from mmdisco.loss import (
+    DSM_REDUCTIONS,
+    DSM_WEIGHTINGS,
+    check_contrastive,
+    check_negatives,
+    contrastive_on,
+)
 from mmdisco.pairs.fakes import SEEDINGS as FAKE_SEEDINGS
 from mmdisco.runs import CONFIG_FILE, WEIGHTS_FILE
 from mmdisco.sampling import SOLVERS, SPACINGS
@@ -200,6 +206,7 @@ def train_checks(cfg: DictConfig) -> Checks:
     for key in ("steps", "batch_size", "log_every", "ckpt_every", "t_buckets"):
         c.integer(f"train.{key}", 1)
     c.number("train.lr", low=0, low_open=True)
+    c.choice("train.lr_decay", ("cosine",), optional=True)  # mmdisco.training.LR_DECAYS
     c.choice("train.mixed_precision", MIXED_PRECISION)
     if c.get("train.mixed_precision") == "fp16" and not torch.cuda.is_available():
         c.fail("train.mixed_precision", "fp16 needs a CUDA device; use bf16 (or no) on CPU")
@@ -220,7 +227,7 @@ def train_checks(cfg: DictConfig) -> Checks:
     c.normalised("loss.negatives", check_negatives)
     contrastive = c.normalised("loss.contrastive", check_contrastive)
     batch = c.get("train.batch_size")
-    grouped = contrastive and contrastive["weight"] > 0 and isinstance(batch, int)
+    grouped = contrastive_on(contrastive) and isinstance(batch, int)
     if grouped and batch % contrastive["group"]:
         c.fail(
             "loss.contrastive.group",
@@ -238,8 +245,9 @@ def train_checks(cfg: DictConfig) -> Checks:
             c.fail("calibration.grid", f"must be a non-empty list of joint scales > 0, got {grid}")
     for key in ("max_pairs", "buckets", "draws", "batch_size"):
         c.integer(f"calibration.{key}", 1)
-    nce_weight = contrastive["weight"] if contrastive else 0.0
-    if c.get("loss.bce") is False and c.get("loss.lambda_dsm") == 0 and nce_weight == 0:
+    if c.get("loss.bce") is False and c.get("loss.lambda_dsm") == 0 and not contrastive_on(
+        contrastive
+    ):
         c.fail(
             "loss.lambda_dsm", "is 0 with loss.bce=false and no loss.contrastive: the loss is empty"
         )

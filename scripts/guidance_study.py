@@ -35,7 +35,8 @@ from mmdisco.sampling import build_sampler
 from mmdisco.scale_search import synthetic_summary
 
 ROOT = Path(__file__).resolve().parent.parent
-METRICS = ("semantic", "temporal", "semantic_and_temporal", "video_valid", "audio_valid")
+METRICS = ("semantic", "temporal", "semantic_and_temporal", "video_valid", "audio_valid",
+           "class_balance", "onset_balance")
 NEG = "loss.negatives={mismatch: 0.25, shift: 0.25}"
 POOLED = "discriminator.fusion.kind=framewise_pooled"
 # the demo recipe before this wave's fix (stop 10): the paper's L_D + L_DSM (mean), t_power 2,
@@ -69,6 +70,16 @@ ROWS = {  # name -> train.py overrides on top of experiment=synthetic (the candi
     "paper_nce32_w10": [*PAPER, "loss.contrastive={weight: 10, group: 32}"],
     "paper_nce32_no_dsm": [*PAPER, NCE, "loss.lambda_dsm=0"],  # L_D + InfoNCE
     "nce32_dsm": [*PAPER, NCE, "loss.bce=false"],  # InfoNCE + L_DSM, no L_D
+    # stop 12: InfoNCE + the balanced BCE over the same 32 x 32 pairs (pins D's marginal offsets)
+    "nce32_pbce": ["loss.contrastive={weight: 1, group: 32, pair_bce: 1}"],
+    "nce32_pbce_cos": ["loss.contrastive={weight: 1, group: 32, pair_bce: 1}",
+                       "train.lr_decay=cosine"],
+    "nce32_pbce_cos_5k": ["loss.contrastive={weight: 1, group: 32, pair_bce: 1}",
+                          "train.lr_decay=cosine", "train.steps=5000"],
+    "nce32_pbce_ema": ["loss.contrastive={weight: 1, group: 32, pair_bce: 1}",
+                       "train.ema_decay=0.999"],
+    "nce32_pbce5_ema": ["loss.contrastive={weight: 1, group: 32, pair_bce: 5}",
+                        "train.ema_decay=0.999"],
 }  # fmt: skip
 
 
@@ -254,7 +265,7 @@ def table(results) -> str:
         )
     ung = rows[0]["unguided"]
     keys = METRICS + tuple(k for k in AV_KEYS if k in ung)
-    lines.append("  unguided: " + "  ".join(f"{k} {mean_std([ung[k]], k)}" for k in keys))
+    lines.append("  unguided: " + "  ".join(f"{k} {mean_std([ung.get(k)], k)}" for k in keys))
     for s in scales:
         cells = [f"{k} {mean_std([r['scales'][s].get(k) for r in rows], k)}" for k in keys]
         lines.append(f"  scale {s}: " + "  ".join(cells))

@@ -1,14 +1,15 @@
 """Class and onset distributions of guided pairs on the synthetic world (README, "Guidance that
 aligns": agreement alone does not show whether guidance keeps the data's marginals).
 
-    python scripts/onset_counts.py outputs/study/demo/seed0 outputs/study/demo/seed1 \\
+    python scripts/marginal_counts.py outputs/study/demo/seed0 outputs/study/demo/seed1 \\
         outputs/study/demo/seed2 --oracle
 
 For each run: 64 pairs (the guidance study's noise) guided by its D at its ``joint_scales``
 (``auto``: ``joint_scales.json``), decoded; prints how many have each class 0-3 (red, green,
 blue, yellow) and start at each onset frame 1-6, by the video and the audio decoder. The first
 run's bases also give the unguided counts and, with ``--oracle``, those of the exact density
-ratio at scale 1. The world's classes and onsets are uniform.
+ratio at scale 1. The world's classes and onsets are uniform; ``balance`` is the normalised
+entropy of the decoded classes (onsets), 1 for an even spread (``mmdisco.metrics.synthetic``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 
 from mmdisco.data.synthetic import NUM_CLASSES, ONSETS
 from mmdisco.discriminator.synthetic_oracle import SyntheticOracle
-from mmdisco.metrics.synthetic import clip_row
+from mmdisco.metrics.synthetic import clip_row, normalised_entropy
 from mmdisco.runs import load_run, resolve_joint_scales
 from mmdisco.scale_search import decoded
 
@@ -40,7 +41,11 @@ def marginal_counts(run, discriminator, scales, num: int) -> dict[str, list[int]
         labels = Counter(r[f"{m}_label"] for r in rows)
         onsets = Counter(r[f"{m}_onset"] for r in rows)
         classes = [labels[k] for k in range(NUM_CLASSES)]
-        out[m] = f"class {classes} onset {[onsets[o] for o in ONSETS]}"
+        valid = [r for r in rows if r[f"{m}_valid"]]
+        cb = normalised_entropy([r[f"{m}_label"] for r in valid], NUM_CLASSES)
+        ob = normalised_entropy([r[f"{m}_onset"] for r in valid], len(ONSETS))
+        out[m] = (f"class {classes} onset {[onsets[o] for o in ONSETS]} "
+                  f"balance {cb:.3f} / {ob:.3f}")  # fmt: skip
     return out
 
 

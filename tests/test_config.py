@@ -157,7 +157,7 @@ def test_new_options_are_checked_one_line_each():
     expected = (
         "loss.contrastive.group: must divide train.batch_size (32)",
         "fake.seeding: must be one of per_pair, per_batch, got 'per_sample'",
-        "calibration.scorer: must be one of synthetic, av_align, got None",
+        "calibration.scorer: must be one of synthetic, synthetic_agreement, av_align, got None",
         "calibration.grid: must be a non-empty list of joint scales > 0",
         "loss.negatives: loss.negatives has unknown keys ['bogus']",
     )

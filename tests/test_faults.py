@@ -327,6 +327,7 @@ def test_every_bad_value_is_one_line_naming_its_key(tmp_path):
         "seed=-2": "seed: must be an integer >= 0, got -2",
         "train.steps=0": "train.steps: must be an integer >= 1, got 0",
         "train.lr=-1": "train.lr: must be a finite number in (0, inf), got -1",
+        "train.lr_decay=linear": "train.lr_decay: must be one of cosine, got 'linear'",
         "train.ema_decay=1.0": "train.ema_decay: must be a finite number in [0, 1) or null",
         "train.nonfinite=maybe": "train.nonfinite: must be one of stop, skip, got 'maybe'",
         "loss.cond_dropout=2": "loss.cond_dropout: must be a finite number in [0, 1], got 2",

@@ -246,6 +246,34 @@ def test_contrastive_term_is_the_symmetric_infonce_of_each_groups_pair_logits(ba
     assert d.w.grad is not None and d.w.grad != 0
 
 
+def test_pair_bce_is_the_balanced_bce_of_each_groups_pair_logits(bases):
+    c = {"weight": 0.0, "group": 4, "pair_bce": 2.0}  # the pairwise BCE alone is a loss too
+    loss = JointLoss(bce=False, lambda_dsm=0, contrastive=c)
+    real, fake = pairs(8, 0), pairs(8, 1)
+    draws = loss.draw(100, {m: (8, 1) for m in real}, {m: (8, 1) for m in fake},
+                      generator=torch.Generator().manual_seed(0))  # fmt: skip
+    d = PairProductD()
+    out = loss(d, bases, real, fake, draws=draws)
+    xt = loss.noised(bases, real, draws.t_real, draws.noise_real)
+    pos, neg = [], []
+    for g in (slice(0, 4), slice(4, 8)):
+        logits = 0.7 * xt["audio"][g] @ xt["video"][g].T  # [audio i, video j]
+        for i in range(4):
+            for j in range(4):
+                z = logits[i, j].item()
+                if i == j:
+                    pos.append(math.log(1 + math.exp(-z)))  # -log sigmoid(z)
+                else:
+                    neg.append(math.log(1 + math.exp(z)))  # -log (1 - sigmoid(z))
+    want = sum(pos) / len(pos) + sum(neg) / len(neg)  # 8 true pairs, 24 others: each a mean
+    assert out["l_pbce"].item() == pytest.approx(want, rel=1e-5)
+    assert out["loss"].item() == pytest.approx(2.0 * want, rel=1e-5)  # no L_D, no InfoNCE
+    out["loss"].backward()
+    assert d.w.grad is not None and d.w.grad != 0
+    with pytest.raises(ValueError, match="pair_bce must be >= 0"):
+        JointLoss(contrastive={"weight": 1, "pair_bce": -1})
+
+
 def test_contrastive_term_refuses_what_it_cannot_score(bases):
     real, fake = pairs(6, 0), pairs(6, 1)
     with pytest.raises(ValueError, match="must divide each process's real batch"):
@@ -269,3 +297,5 @@ def test_the_progress_bar_shows_the_terms_of_the_loss_being_minimised():
     nce = {"weight": 1.0, "group": 4}
     only_nce = JointLoss(bce=False, lambda_dsm=0.0, contrastive=nce)
     assert progress_terms(only_nce) == ("l_nce", "acc_nce")
+    both = JointLoss(bce=False, lambda_dsm=0.0, contrastive={**nce, "pair_bce": 1.0})
+    assert progress_terms(both) == ("l_nce", "acc_nce", "l_pbce")

@@ -1,6 +1,7 @@
 """Decoders recover class and onset from mp4s of real pairs and reject corrupted clips."""
 
 import csv
+import math
 
 import numpy as np
 import pytest
@@ -161,3 +162,24 @@ def test_corrupted_mp4s_are_invalid_and_unreadable_ones_counted(tmp_path, clip):
     assert "unguided" in lines[0] and "guided" in lines[0]
     assert any(line.startswith("semantic_and_temporal") and "25.0%" in line for line in lines)
     assert "av_align" not in table
+
+
+def test_balance_is_the_normalised_entropy_of_the_decoded_values():
+    from mmdisco.metrics.synthetic import normalised_entropy, summarize
+
+    assert normalised_entropy([0, 1, 2, 3], 4) == pytest.approx(1.0)
+    assert normalised_entropy([0, 0, 1, 1], 4) == pytest.approx(0.5)  # ln 2 / ln 4
+    assert normalised_entropy([3, 3, 3], 4) == 0.0 and math.isnan(normalised_entropy([], 4))
+    rows = [  # video: classes 0 0 1 1 (0.5), audio: 0 1 2 3 (1.0); an invalid decoding is left out
+        {"unreadable": False, "video_valid": True, "video_label": k, "video_onset": 1,
+         "audio_valid": True, "audio_label": a, "audio_onset": o}
+        for k, a, o in ((0, 0, 1), (0, 1, 2), (1, 2, 1), (1, 3, 2))
+    ] + [{"unreadable": False, "video_valid": False, "video_label": 3, "video_onset": 5,
+          "audio_valid": False, "audio_label": 3, "audio_onset": 5}]  # fmt: skip
+    for r in rows:
+        r.update(both_valid=r["video_valid"], semantic=False, temporal=False,
+                 semantic_and_temporal=False)  # fmt: skip
+    out = summarize(rows)
+    assert out["class_balance"] == pytest.approx((0.5 + 1.0) / 2)
+    # onsets: video all 1 (0), audio 1 2 1 2 (ln 2 / ln 6)
+    assert out["onset_balance"] == pytest.approx(math.log(2) / math.log(6) / 2)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from script_runner import script
 
 from mmdisco.media import read_video_with_audio
@@ -27,15 +28,18 @@ def test_synthetic_world_end_to_end(tmp_path):
     )  # fmt: skip
     for f in ("discriminator.safetensors", "train_log.csv", "config.yaml"):
         assert (run / f).exists(), f
-    # the world's recipe: the batch InfoNCE alone (README "Guidance that aligns")
+    # the world's recipe: the batch InfoNCE + pairwise BCE (README "Guidance that aligns")
     log = (run / "train_log.csv").read_text().splitlines()
     header, last = log[0].split(","), dict(zip(log[0].split(","), log[-1].split(",")))
-    assert "l_nce" in header and float(last["l_dsm"]) == 0.0
-    assert float(last["loss"]) == float(last["l_nce"])
-    # the joint scale chosen after training by the decoders' agreement (no hand-set scale)
+    assert "l_nce" in header and "l_pbce" in header and float(last["l_dsm"]) == 0.0
+    assert float(last["loss"]) == pytest.approx(float(last["l_nce"]) + float(last["l_pbce"]))
+    assert float(last["lr"]) < 2e-3  # cosine-decayed
+    # the joint scales chosen after training by the decoders (no hand-set scale): the grid's
+    # best, then lowered per bucket of t where that scores as well
     scales = json.loads((run / "joint_scales.json").read_text())
-    assert scales["criterion"] == "alignment" and set(scales["grid_scores"]) == {"1", "100"}
-    assert scales["audio"] == scales["video"] in (1.0, 100.0) and "dsm_scales" in scales
+    assert scales["criterion"] == "alignment" and {"1", "100"} <= set(scales["grid_scores"])
+    assert scales["audio"] == scales["video"] and len(scales["audio"]) == 4
+    assert set(scales["audio"]) <= {1.0, 100.0} and "dsm_scales" in scales
     sampling = ["num_samples=3", "batch_size=2", "sampler.joint_num_steps=2", *common]
     script("sample.py", f"run_dir={run}", "guided=false", *sampling)
     script("sample.py", f"run_dir={run}", "guided=true", *sampling)

@@ -2,6 +2,7 @@
 after kill -9, EMA / gradient clipping / logs, and the pieces they rest on."""
 
 import csv
+import math
 import os
 import signal
 import subprocess
@@ -43,6 +44,7 @@ ARGS = [
     "train.ckpt_every=10",
     "train.ema_decay=0.9",
     "train.grad_clip=0.5",
+    "train.lr_decay=cosine",  # resume and two processes must continue the schedule exactly
     "device=cpu",
     "threads=1",
     "progress=false",
@@ -139,7 +141,9 @@ def test_logs_ema_and_curves(reference):
     assert list(rows[0]) == expected
     for r in rows:
         assert 0 <= float(r["acc_real_t0-124"]) <= 1 and float(r["pairs_per_s"]) > 0
-        assert float(r["lr"]) == 1e-3 and float(r["res_ratio_audio"]) > 0
+        # the lr of the row's last step (done - 1), cosine-decayed from 1e-3 towards 0 at STEPS
+        want = 1e-3 * 0.5 * (1 + math.cos(math.pi * (int(r["step"]) - 1) / STEPS))
+        assert float(r["lr"]) == pytest.approx(want, rel=1e-12) and float(r["res_ratio_audio"]) > 0
         assert float(r["loss"]) == pytest.approx(float(r["l_d"]) + float(r["l_dsm"]), rel=1e-6)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

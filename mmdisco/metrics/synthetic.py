@@ -301,6 +301,8 @@ SUMMARY_KEYS = (
     "semantic_and_temporal",
     "semantic_given_valid",
     "temporal_given_valid",
+    "class_balance",
+    "onset_balance",
     "av_align",
     "av_audio_peaks",
     "av_video_peaks",
@@ -312,6 +314,28 @@ def _mean(rows: list[dict], key: str, where: str | None = None) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
+def normalised_entropy(values: list, k: int) -> float:
+    """H(values) / log k: 1 for values spread evenly over k kinds, 0 for one kind only (NaN for
+    none)."""
+    if not values:
+        return float("nan")
+    _, counts = np.unique(np.asarray(values), return_counts=True)
+    p = counts / counts.sum()
+    return float(-(p * np.log(p)).sum() / math.log(k))
+
+
+def _balance(rows: list[dict], field: str, k: int) -> float:
+    """How evenly the valid decodings spread over the world's k classes / onsets: the normalised
+    entropy of each modality's decoded ``field``, averaged over the two modalities. The world
+    is uniform in both, so a joint that keeps its marginals scores near 1 (32 clips of a uniform
+    4-way law: about 0.96), one that collapses onto fewer kinds lower (two kinds: <= 0.5)."""
+    per_m = [
+        normalised_entropy([r[f"{m}_{field}"] for r in rows if r.get(f"{m}_valid")], k)
+        for m in ("video", "audio")
+    ]
+    return float(np.nanmean(per_m)) if not all(math.isnan(x) for x in per_m) else float("nan")
+
+
 def summarize(rows: list[dict]) -> dict:
     """Fractions over all clips (an unreadable or invalid clip counts as not aligned)."""
     out = {"num_clips": len(rows), "unreadable": int(sum(r["unreadable"] for r in rows))}
@@ -319,6 +343,8 @@ def summarize(rows: list[dict]) -> dict:
         out[key] = _mean(rows, key)
     out["semantic_given_valid"] = _mean(rows, "semantic", where="both_valid")
     out["temporal_given_valid"] = _mean(rows, "temporal", where="both_valid")
+    out["class_balance"] = _balance(rows, "label", len(PALETTE))
+    out["onset_balance"] = _balance(rows, "onset", len(ONSETS))
     if any("av_align" in r for r in rows):
         for key in ("av_align", "av_audio_peaks", "av_video_peaks"):
             out[key] = _mean(rows, key)

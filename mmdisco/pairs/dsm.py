@@ -43,7 +43,7 @@ from torch.utils.data import Dataset
 
 from mmdisco.bases.protocol import MODALITIES
 from mmdisco.hashing import config_hash
-from mmdisco.loss import JointLoss, apply_keep
+from mmdisco.loss import JointLoss, apply_keep, contrastive_on
 from mmdisco.pairs.prompts import batch_conditions
 from mmdisco.pairs.store import CACHE_VERSION, ShardedPairs, build_shards, collate_pairs
 from mmdisco.seeds import DSM_DRAW_STREAM, step_generator
@@ -66,7 +66,7 @@ def check_dsm_draws(draws: Any, loss: JointLoss) -> int | None:
             "train.dsm_draws precomputes L_DSM targets, but loss.lambda_dsm=0 has no L_DSM: "
             "set train.dsm_draws=null"
         )
-    if loss.contrastive["weight"] > 0:
+    if contrastive_on(loss.contrastive):
         raise ValueError(
             "train.dsm_draws stores one (t, noise) draw per real pair, but loss.contrastive "
             "needs one t shared by each group of real pairs: set loss.contrastive=null or "
