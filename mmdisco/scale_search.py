@@ -99,8 +99,8 @@ def search_joint_scale(
     synthetic world a D whose gradient herds classes at t in [500, 750) at scale 10 aligns
     without herding when that bucket is at 1 (README, "Guidance that aligns"). What herds is
     settled at high noise; at low noise a smaller scale only loses the fine alignment (onsets),
-    and 32 calibration pairs tie often enough that a search there lowered t < 250 to 3 and cost
-    6 points of temporal agreement on fresh pairs. Only smaller scales are tried: a larger one
+    and 32 calibration pairs tie often enough that a search there lowered t < 250 to 3 on a tie
+    and lost onset agreement on fresh pairs. Only smaller scales are tried: a larger one
     amplifies D's errors, and a search that could raise one picked 30 at t in [250, 500), which
     herded 42 of 64 fresh pairs into one class.
     """

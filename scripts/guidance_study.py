@@ -42,10 +42,18 @@ POOLED = "discriminator.fusion.kind=framewise_pooled"
 # the demo recipe before this wave's fix (stop 10): the paper's L_D + L_DSM (mean), t_power 2,
 # 800 steps. The rows below it are the candidates measured on top of it (README tables).
 PAPER = ["loss.bce=true", "loss.lambda_dsm=1.0", "loss.contrastive=null", "loss.t_power=2",
-         "train.steps=800"]
+         "train.steps=800", "train.lr_decay=null", "calibration.per_bucket=false",
+         "calibration.scorer=synthetic_agreement"]
 NCE = "loss.contrastive={weight: 1, group: 32}"
+PBCE = "loss.contrastive={weight: 1, group: 32, pair_bce: 1}"
+# stop 11's demo recipe: the batch InfoNCE alone, constant lr, 3000 steps, one joint scale by
+# decoded agreement alone (it herded the guided pairs into a few classes: README)
+STOP11 = ["loss.contrastive={weight: 1, group: 32, pair_bce: 0}", "train.steps=3000",
+          "train.lr_decay=null", "calibration.per_bucket=false",
+          "calibration.scorer=synthetic_agreement"]
 ROWS = {  # name -> train.py overrides on top of experiment=synthetic (the candidates of issue 10)
-    "demo": [],  # the shipped recipe: symmetric InfoNCE over the batch, uniform t, 3000 steps
+    "demo": [],  # the shipped recipe (= nce32_pbce_cos_5k)
+    "stop11_infonce": STOP11,  # stop 11's demo: InfoNCE alone, constant lr, agreement search
     "paper_loss": PAPER,  # the demo of stop 10
     "dsm_sum": [*PAPER, "loss.dsm_reduction=sum"],
     "uniform_t": [*PAPER, "loss.t_power=1"],
@@ -71,15 +79,13 @@ ROWS = {  # name -> train.py overrides on top of experiment=synthetic (the candi
     "paper_nce32_no_dsm": [*PAPER, NCE, "loss.lambda_dsm=0"],  # L_D + InfoNCE
     "nce32_dsm": [*PAPER, NCE, "loss.bce=false"],  # InfoNCE + L_DSM, no L_D
     # stop 12: InfoNCE + the balanced BCE over the same 32 x 32 pairs (pins D's marginal offsets)
-    "nce32_pbce": ["loss.contrastive={weight: 1, group: 32, pair_bce: 1}"],
-    "nce32_pbce_cos": ["loss.contrastive={weight: 1, group: 32, pair_bce: 1}",
-                       "train.lr_decay=cosine"],
-    "nce32_pbce_cos_5k": ["loss.contrastive={weight: 1, group: 32, pair_bce: 1}",
-                          "train.lr_decay=cosine", "train.steps=5000"],
-    "nce32_pbce_ema": ["loss.contrastive={weight: 1, group: 32, pair_bce: 1}",
-                       "train.ema_decay=0.999"],
-    "nce32_pbce5_ema": ["loss.contrastive={weight: 1, group: 32, pair_bce: 5}",
-                        "train.ema_decay=0.999"],
+    "nce32_pbce": [*STOP11, PBCE, "calibration.scorer=synthetic", "calibration.per_bucket=true"],
+    "nce32_pbce_cos": [*STOP11, PBCE, "train.lr_decay=cosine", "calibration.scorer=synthetic",
+                       "calibration.per_bucket=true"],
+    "nce32_pbce_cos_5k": [PBCE, "train.lr_decay=cosine", "train.steps=5000"],  # = demo
+    "nce32_pbce_ema": [*STOP11, PBCE, "train.ema_decay=0.999", "calibration.scorer=synthetic"],
+    "nce32_pbce5_ema": [*STOP11, "loss.contrastive={weight: 1, group: 32, pair_bce: 5}",
+                        "train.ema_decay=0.999", "calibration.scorer=synthetic"],
 }  # fmt: skip
 
 

@@ -4,8 +4,8 @@ discriminator weights on the synthetic world and on the toy.
 The golden hash is of ``discriminator.safetensors`` written by this command at commit 3dd2bd4
 (before the redesign: sampler-built guidance, data/cache.py + fakes.py) on the project's CI
 machine with one thread; every issue-11 commit reproduced it. Defaults changed since (issue 10:
-held-out calibration pairs, the synthetic world's contrastive loss) are pinned to their values
-at that commit.
+held-out calibration pairs, the synthetic world's contrastive loss and cosine lr) are pinned to
+their values at that commit.
 """
 
 import hashlib
@@ -19,7 +19,7 @@ COMMAND = [
     "progress=false", "train.tensorboard=false",
     "calibration.holdout=0", "loss.t_power=2", "loss.dsm_reduction=mean",
     "loss.dsm_weighting=eps", "loss.negatives=null", "loss.bce=true", "loss.lambda_dsm=1.0",
-    "loss.contrastive=null",
+    "loss.contrastive=null", "train.lr_decay=null",
 ]  # fmt: skip
 
 
