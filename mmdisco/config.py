@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
+LR_DECAYS = ("cosine",)  # train.lr_decay (null: constant lr)
 
 MOVED_KEYS = {
     "sampler.joint_scales": "guidance.joint_scales",
@@ -101,6 +102,8 @@ def check_train_config(tc, world_size: int = 1) -> None:
         )
     if tc.ema_decay is not None and not 0 <= tc.ema_decay < 1:
         raise ValueError(f"train.ema_decay must be in [0, 1) or null (off), got {tc.ema_decay}")
+    if tc.get("lr_decay") is not None and tc.lr_decay not in LR_DECAYS:
+        raise ValueError(f"train.lr_decay must be null or one of {LR_DECAYS}, got {tc.lr_decay!r}")
     if tc.grad_clip is not None and not tc.grad_clip > 0:
         raise ValueError(f"train.grad_clip must be > 0 or null (off), got {tc.grad_clip}")
     if int(tc.num_workers) < 0:

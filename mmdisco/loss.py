@@ -487,9 +487,9 @@ class JointLoss:
         hits = (logits.argmax(2) == target).float().mean()  # audio picks its video
         hits = hits + (logits.argmax(1) == target).float().mean()  # video picks its audio
         eye = torch.eye(g, dtype=torch.bool, device=logits.device).expand_as(logits)
-        pbce = F.binary_cross_entropy_with_logits(
-            logits[eye], torch.ones_like(logits[eye])
-        ) + F.binary_cross_entropy_with_logits(logits[~eye], torch.zeros_like(logits[~eye]))
+        pos, neg = logits[eye], logits[~eye]
+        pbce = F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos))
+        pbce = pbce + F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg))
         return (rows + cols) / 2, hits.detach() / 2, pbce
 
     @staticmethod

@@ -21,7 +21,6 @@ scale (ties: the smaller). Scorers:
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Sequence
 
 import numpy as np
@@ -135,11 +134,10 @@ def search_joint_scale(
     if buckets is None:
         return best, scores
     profile, top = [best] * buckets, scores[f"{best:g}"]
+    i = grid.index(best)
+    smaller = sorted({s for s in (1.0, *grid[max(i - 1, 0) : i]) if s < best}, reverse=True)
     for b in reversed(range(buckets // 2, buckets)):  # high noise first: classes settle there
-        i = bisect.bisect_left(grid, best)
-        for s in sorted({min(1.0, best), *grid[max(i - 1, 0) : i]}, reverse=True):
-            if s >= best:
-                continue
+        for s in smaller:
             trial = [*profile[:b], s, *profile[b + 1 :]]
             score = evaluate(trial)
             if score >= top:

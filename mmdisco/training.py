@@ -178,8 +178,9 @@ def train(cfg: DictConfig) -> Path:
     )
     tick, tick_step = time.perf_counter(), start
     for step, (real_b, fake_b) in enumerate(zip(*loaders), start=start):
-        for group in opt.param_groups:  # a function of the step alone: a resume continues it
-            group["lr"] = learning_rate(tc, step)
+        lr = learning_rate(tc, step)  # a function of the step alone: a resume continues it
+        for group in opt.param_groups:
+            group["lr"] = lr
         terms, grad_norm, skipped = train_step(
             cfg, accelerator, bases, disc, opt, loss_fn, step, real_b, fake_b, guard
         )
@@ -302,20 +303,15 @@ def start_run(cfg: DictConfig) -> tuple[Accelerator, Path, RunLock | None]:
     return accelerator, run_dir, lock
 
 
-LR_DECAYS = ("cosine",)
-
-
 def learning_rate(tc, step: int) -> float:
     """``train.lr`` at ``step`` (0-based): constant, or with ``train.lr_decay=cosine`` decayed as
-    lr (1 + cos(pi step / steps)) / 2 towards 0 at the last step. A constant step size leaves
-    the final weights a noisy iterate, and guidance at a joint scale s multiplies any error of
-    D's logit by s (README, "Guidance that aligns")."""
-    lr, decay = float(tc.lr), tc.get("lr_decay")
-    if decay is None:
-        return lr
-    if decay not in LR_DECAYS:
-        raise ValueError(f"train.lr_decay must be null or one of {LR_DECAYS}, got {decay!r}")
-    return lr * 0.5 * (1.0 + math.cos(math.pi * step / int(tc.steps)))
+    lr (1 + cos(pi step / steps)) / 2 towards 0 at the last step (checked by
+    ``check_train_config``). A constant step size leaves the final weights a noisy iterate, and
+    guidance at a joint scale s multiplies any error of D's logit by s (README, "Guidance that
+    aligns")."""
+    if tc.get("lr_decay") is None:
+        return float(tc.lr)
+    return float(tc.lr) * 0.5 * (1.0 + math.cos(math.pi * step / int(tc.steps)))
 
 
 def progress_terms(loss_fn) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from mmdisco.config import LR_DECAYS
 from mmdisco.faults import NONFINITE_MODES
 from mmdisco.loss import (
     DSM_REDUCTIONS,
@@ -206,7 +207,7 @@ def train_checks(cfg: DictConfig) -> Checks:
     for key in ("steps", "batch_size", "log_every", "ckpt_every", "t_buckets"):
         c.integer(f"train.{key}", 1)
     c.number("train.lr", low=0, low_open=True)
-    c.choice("train.lr_decay", ("cosine",), optional=True)  # mmdisco.training.LR_DECAYS
+    c.choice("train.lr_decay", LR_DECAYS, optional=True)
     c.choice("train.mixed_precision", MIXED_PRECISION)
     if c.get("train.mixed_precision") == "fp16" and not torch.cuda.is_available():
         c.fail("train.mixed_precision", "fp16 needs a CUDA device; use bf16 (or no) on CPU")

@@ -207,6 +207,7 @@ def test_train_config_errors_are_single_and_clear():
         "batch_size": (10, "not divisible by the 4 processes"),
         "ema_decay": (1.0, "ema_decay must be in"),
         "grad_clip": (0.0, "grad_clip must be > 0"),
+        "lr_decay": ("linear", "lr_decay must be null or one of"),
         "t_buckets": (0, "t_buckets must be >= 1"),
     }
     for key, (value, message) in bad.items():

@@ -324,16 +324,23 @@ def normalised_entropy(values: list, k: int) -> float:
     return float(-(p * np.log(p)).sum() / math.log(k))
 
 
-def _balance(rows: list[dict], field: str, k: int) -> float:
-    """How evenly the valid decodings spread over the world's k classes / onsets: the normalised
-    entropy of each modality's decoded ``field``, averaged over the two modalities. The world
-    is uniform in both, so a joint that keeps its marginals scores near 1 (32 clips of a uniform
-    4-way law: about 0.96), one that collapses onto fewer kinds lower (two kinds: <= 0.5)."""
-    per_m = [
-        normalised_entropy([r[f"{m}_{field}"] for r in rows if r.get(f"{m}_valid")], k)
-        for m in ("video", "audio")
-    ]
-    return float(np.nanmean(per_m)) if not all(math.isnan(x) for x in per_m) else float("nan")
+BALANCE_KINDS = {"label": len(PALETTE), "onset": len(ONSETS)}
+
+
+def decoded_balance(rows: list[dict], modality: str, field: str) -> float:
+    """How evenly one modality's valid decodings spread over the world's classes (``field`` =
+    "label") or onsets ("onset"): their normalised entropy. The world is uniform in both, so a
+    joint that keeps its marginals scores near 1 and one that collapses onto fewer kinds lower
+    (two kinds: <= 0.5)."""
+    values = [r[f"{modality}_{field}"] for r in rows if r.get(f"{modality}_valid")]
+    return normalised_entropy(values, BALANCE_KINDS[field])
+
+
+def _balance(rows: list[dict], field: str) -> float:
+    """``decoded_balance`` averaged over the modalities that have a valid decoding."""
+    per_m = [decoded_balance(rows, m, field) for m in ("video", "audio")]
+    per_m = [x for x in per_m if not math.isnan(x)]
+    return float(np.mean(per_m)) if per_m else float("nan")
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -343,8 +350,8 @@ def summarize(rows: list[dict]) -> dict:
         out[key] = _mean(rows, key)
     out["semantic_given_valid"] = _mean(rows, "semantic", where="both_valid")
     out["temporal_given_valid"] = _mean(rows, "temporal", where="both_valid")
-    out["class_balance"] = _balance(rows, "label", len(PALETTE))
-    out["onset_balance"] = _balance(rows, "onset", len(ONSETS))
+    out["class_balance"] = _balance(rows, "label")
+    out["onset_balance"] = _balance(rows, "onset")
     if any("av_align" in r for r in rows):
         for key in ("av_align", "av_audio_peaks", "av_video_peaks"):
             out[key] = _mean(rows, key)
